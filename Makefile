@@ -1,0 +1,54 @@
+# Two commands matter: `make test` (what CI runs) and `make figures` (regenerates every figure).
+# Every target installs the project first (`make setup`, idempotent).
+#
+# Variables:
+#   CIFAR10=/path/to/cifar10-jpeg.tar.gz  offline CIFAR-10 (ImageFolder tree, .tar.gz of one, or
+#                                          cifar-10-batches-py); exported as CIFAR10_PATH
+#   PRESET=cpu                             smoke | cpu | paper (make figures)
+#   PYTHON=python3                         interpreter used to create .venv
+
+PYTHON ?= python3
+PRESET ?= cpu
+CIFAR10 ?= $(CIFAR10_PATH)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export CIFAR10_PATH := $(CIFAR10)
+export PYTHONHASHSEED := 0
+
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+
+.PHONY: setup test lint pytest nbval figures bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check paperlib tests
+
+pytest: setup
+	$(BIN)/python -m pytest tests
+
+nbval: setup
+ifneq ($(NOTEBOOKS),)
+	$(BIN)/python -m pytest --nbval $(NOTEBOOKS)
+endif
+
+test: lint pytest nbval
+
+figures: setup
+	$(BIN)/python -m paperlib figures --preset $(PRESET)
+
+bench: setup
+	$(BIN)/python -m paperlib.bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,269 @@
+"""One frozen dataclass per run, its validation, and the smoke / cpu / paper presets.
+
+Units: "base" steps/epochs are those of the l = 1 run (SGD). SVAG with knob l runs l× as many
+actual steps with LR η/l (eq. 5); plots use effective steps = actual steps / l.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+
+from .constants import ALGORITHMS, DATASETS, NORMS, PRESETS, SAMPLERS
+
+# Training-set and test-set sizes, used to validate B and N before any data is loaded.
+DATASET_SIZES = {
+    "cifar10": (50_000, 10_000),
+    "cifar100": (50_000, 10_000),
+    "svhn": (73_257, 26_032),
+    "synthetic": (2_000, 1_000),
+}
+SCHEDULES = ("constant", "step", "cosine", "triangle")
+DEVICES = ("auto", "cpu", "cuda")
+_ARCH_RE = re.compile(r"^(preresnet(\d+)|resnet(\d+)|vgg(11|13|16|19)|convnet)$")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one training run (its hash names the run in the store)."""
+
+    # --- algorithm -------------------------------------------------------------------------
+    algo: str = "sgd"  # sgd (eq. 1) | svag (eq. 5) | ngd (eq. 3) | gd
+    l: float = 1.0  # SVAG knob l ≥ 1 (eq. 5); LR η/l, l× the steps; l = 1 is exactly SGD
+    # --- model -------------------------------------------------------------------------------
+    arch: str = "preresnet32"  # preresnet<6n+2> | vgg11/13/16/19 | convnet | resnet<6n+2>
+    width: float = 1.0  # width factor w (channels 16w/32w/64w)
+    norm: str = "bn"  # bn | gn | none
+    # --- data --------------------------------------------------------------------------------
+    dataset: str = "cifar10"  # cifar10 | cifar100 | svhn | synthetic
+    subset: int | None = None  # N: size of a seeded class-balanced training subset; None = all
+    resolution: int = 32  # r: images average-pooled to r×r pixels (divides 32)
+    augment: bool = True  # random crop (padding 4) + horizontal flip on training batches
+    sampler: str = "reshuffle"  # reshuffle | iid | replacement | fixed (appendix sampling schemes)
+    data_seed: int = 0  # seed of the training subset (independent of `seed`)
+    # --- optimization ------------------------------------------------------------------------
+    batch_size: int = 128  # B: minibatch size (SVAG draws two batches of B per step)
+    lr: float = 0.8  # η: base LR of the l = 1 run, per step
+    wd: float = 5e-4  # λ: coupled weight decay, x ← x − η(∇L_γ(x) + λx)
+    momentum: float = 0.0  # heavy-ball momentum (the paper uses 0)
+    schedule: str = "step"  # constant | step | cosine | triangle (LR multiplier vs base time)
+    milestones: tuple[float, ...] = (250.0,)  # step schedule: LR ×gamma at each (schedule_unit)
+    gamma: float = 0.1  # step schedule factor
+    final_lr_factor: float = 1.25e-3  # cosine: final LR / η (FIGURES.md: 0.8 → 0.001)
+    wd_milestones: tuple[float, ...] = ()  # λ ×wd_gamma at each (schedule_unit)
+    wd_gamma: float = 1.0  # weight-decay factor schedule
+    schedule_unit: str = "epoch"  # epoch | step (units of milestones and of cosine/triangle)
+    epochs: float | None = 300.0  # training length in base epochs (one of epochs / steps)
+    steps: int | None = None  # training length in base steps (overrides epochs when set)
+    # --- bookkeeping -------------------------------------------------------------------------
+    seed: int = 0  # seed of init, batches, augmentation and NGD noise
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    log_every: int = 100  # base steps per history row (train metrics and G, N averaged over it)
+    eval_every: int = 1000  # base steps between test evaluations (a multiple of log_every)
+    nsr_every: int = 1  # measure the online G/N estimate at every k-th step (1 = every step)
+    nsr_extra_every: int = 4  # BN nets under SGD: one extra independent batch every k steps
+    chunk_size: int = 1000  # examples per forward pass of the full-data (GD/NGD) gradient
+    checkpoint_every: int = 1000  # base steps between checkpoints (rounded to a log boundary)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # --- derived quantities (printed when a run starts) ------------------------------------
+    @property
+    def train_size(self) -> int:
+        """N: number of training examples used."""
+        return self.subset if self.subset is not None else DATASET_SIZES[self.dataset][0]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Base steps per epoch, drop_last (N // B)."""
+        return max(1, self.train_size // self.batch_size)
+
+    @property
+    def base_steps(self) -> int:
+        """Training length in base (l = 1) steps."""
+        if self.steps is not None:
+            return self.steps
+        return int(round(self.epochs * self.steps_per_epoch))
+
+    @property
+    def total_steps(self) -> int:
+        """Actual optimizer steps: l × base steps for SVAG (Thm 4.3 needs lT/η steps)."""
+        return int(round(self.base_steps * self.l_eff))
+
+    @property
+    def l_eff(self) -> float:
+        return self.l if self.algo == "svag" else 1.0
+
+    @property
+    def step_lr(self) -> float:
+        """Per-step LR before the schedule: η/l for SVAG (eq. 5), η otherwise."""
+        return self.lr / self.l_eff
+
+    @property
+    def actual_log_every(self) -> int:
+        return int(round(self.log_every * self.l_eff))
+
+    def summary(self) -> str:
+        return (
+            f"{self.algo}{f' l={self.l:g}' if self.algo == 'svag' else ''} {self.arch} "
+            f"w={self.width:g} norm={self.norm} {self.dataset} N={self.train_size} "
+            f"r={self.resolution} B={self.batch_size} η={self.lr:g} (step LR {self.step_lr:g}) "
+            f"λ={self.wd:g} ηλ={self.lr * self.wd:.2e} | {self.base_steps} base steps "
+            f"({self.base_steps / self.steps_per_epoch:.1f} epochs of {self.steps_per_epoch}), "
+            f"{self.total_steps} actual steps, seed {self.seed}"
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown RunConfig field(s) {sorted(unknown)}")
+        d = dict(d)
+        for key in ("milestones", "wd_milestones"):
+            if key in d and d[key] is not None:
+                d[key] = tuple(float(v) for v in d[key])
+        return cls(**d)
+
+    def replace(self, **changes) -> RunConfig:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown RunConfig field(s) {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def validate_arch(arch: str) -> None:
+    m = _ARCH_RE.match(str(arch))
+    depth = None
+    if m and (m.group(2) or m.group(3)):
+        depth = int(m.group(2) or m.group(3))
+    if not m or (depth is not None and (depth < 8 or (depth - 2) % 6)):
+        raise ValueError(
+            f"arch={arch!r} is not allowed; choose preresnet<d> or resnet<d> with d = 6n+2 ≥ 8 "
+            "(e.g. preresnet8, preresnet32, resnet32), vgg11, vgg13, vgg16, vgg19 or convnet"
+        )
+
+
+def validate(c: RunConfig) -> None:
+    """Raise ValueError naming the first bad field and what is allowed; does no work."""
+    _choice("algo", c.algo, ALGORITHMS)
+    _choice("norm", c.norm, NORMS)
+    _choice("dataset", c.dataset, DATASETS)
+    _choice("sampler", c.sampler, SAMPLERS)
+    _choice("schedule", c.schedule, SCHEDULES)
+    _choice("schedule_unit", c.schedule_unit, ("epoch", "step"))
+    _choice("device", c.device, DEVICES)
+    validate_arch(c.arch)
+    if not c.l >= 1:
+        raise ValueError(f"l={c.l!r} is not allowed; SVAG needs l ≥ 1 (eq. 5)")
+    if c.algo == "svag" and c.l != int(c.l):
+        raise ValueError(f"l={c.l!r} is not allowed; use an integer l ≥ 1 so l × steps is exact")
+    if not c.width > 0:
+        raise ValueError(f"width={c.width!r} is not allowed; the width factor must be > 0")
+    n_train = DATASET_SIZES[c.dataset][0]
+    if c.subset is not None and not 2 <= c.subset <= n_train:
+        raise ValueError(
+            f"subset={c.subset!r} is not allowed; N must be in [2, {n_train}] for {c.dataset}"
+        )
+    if c.resolution not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"resolution={c.resolution!r} is not allowed; choose 1, 2, 4, 8, 16 or 32")
+    if not isinstance(c.batch_size, int) or not 1 <= c.batch_size <= c.train_size:
+        raise ValueError(
+            f"batch_size={c.batch_size!r} is not allowed; B must be an integer in "
+            f"[1, N={c.train_size}]"
+        )
+    if c.algo == "svag" and c.l > 1 and 2 * c.batch_size > c.train_size:
+        raise ValueError(
+            f"batch_size={c.batch_size} is not allowed for SVAG; it draws two batches, so "
+            f"2B must be ≤ N={c.train_size}"
+        )
+    if c.algo == "sgd" and c.norm != "bn" and c.batch_size < 2:
+        raise ValueError("batch_size=1 is not allowed for SGD's online G/N estimate; use B ≥ 2")
+    if not c.lr > 0:
+        raise ValueError(f"lr={c.lr!r} is not allowed; η must be > 0")
+    if not c.wd >= 0:
+        raise ValueError(f"wd={c.wd!r} is not allowed; λ must be ≥ 0")
+    if not 0 <= c.momentum < 1:
+        raise ValueError(f"momentum={c.momentum!r} is not allowed; it must be in [0, 1)")
+    if c.algo in ("ngd", "gd") and c.norm == "bn":
+        raise ValueError(
+            f"norm='bn' is not allowed with algo={c.algo!r}: the full-data pass needs per-example "
+            "gradients that do not depend on the batch; use norm 'gn' or 'none'"
+        )
+    if c.algo in ("ngd", "gd") and c.arch.startswith("resnet") and c.norm == "bn":
+        raise ValueError(f"arch={c.arch!r} with BN is not allowed with algo={c.algo!r}")
+    if c.steps is None and c.epochs is None:
+        raise ValueError("set one of epochs or steps (training length)")
+    if c.steps is not None and (not isinstance(c.steps, int) or c.steps < 1):
+        raise ValueError(f"steps={c.steps!r} is not allowed; it must be an integer ≥ 1")
+    if c.steps is None and not c.epochs > 0:
+        raise ValueError(f"epochs={c.epochs!r} is not allowed; it must be > 0")
+    for name in ("log_every", "eval_every", "nsr_every", "nsr_extra_every", "chunk_size",
+                 "checkpoint_every"):
+        v = getattr(c, name)
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r} is not allowed; it must be an integer ≥ 1")
+    if c.eval_every % c.log_every:
+        raise ValueError(
+            f"eval_every={c.eval_every} is not allowed; it must be a multiple of "
+            f"log_every={c.log_every}"
+        )
+    for name in ("milestones", "wd_milestones"):
+        ms = getattr(c, name)
+        if any(m < 0 for m in ms) or list(ms) != sorted(ms):
+            raise ValueError(f"{name}={ms!r} is not allowed; use non-negative sorted values")
+    if not 0 <= c.final_lr_factor <= 1:
+        raise ValueError(f"final_lr_factor={c.final_lr_factor!r} is not allowed; use [0, 1]")
+    if not c.gamma >= 0 or not c.wd_gamma >= 0:
+        raise ValueError(f"gamma={c.gamma!r}, wd_gamma={c.wd_gamma!r}: factors must be ≥ 0")
+    if c.seed < 0 or c.data_seed < 0:
+        raise ValueError(f"seed={c.seed!r}, data_seed={c.data_seed!r}: seeds must be ≥ 0")
+
+
+# --- presets: one function that scales a config, not copies of configs ------------------------
+
+# `paper`: the paper's CIFAR-10 recipe (FIGURES.md). `cpu`: the CPU probe's noise-dominated
+# setting (8×8 images, N = 2000, small scale-invariant convnet, ηλ = 2e-3, 4000 steps, ×0.1 at
+# 3500), where every paper claim was visible on 2 cores. `smoke`: seconds, for tests.
+_PRESET_FIELDS: dict[str, dict] = {
+    "paper": {},
+    "cpu": dict(
+        arch="convnet", width=1.0, norm="gn", subset=2000, resolution=8, augment=False,
+        batch_size=16, lr=0.4, wd=5e-3, schedule="step", schedule_unit="step",
+        milestones=(3500.0,), steps=4000, epochs=None, log_every=50, eval_every=500,
+        checkpoint_every=1000,
+    ),
+    "smoke": dict(
+        arch="convnet", width=1.0, norm="gn", subset=256, resolution=8, augment=False,
+        batch_size=16, lr=0.4, wd=5e-3, schedule="step", schedule_unit="step",
+        milestones=(30.0,), steps=40, epochs=None, log_every=10, eval_every=20,
+        checkpoint_every=20,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> RunConfig:
+    """The RunConfig of preset `name` (smoke | cpu | paper) with `overrides` applied."""
+    _choice("preset", name, PRESETS)
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown RunConfig field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    merged = {**_PRESET_FIELDS[name], **overrides}
+    return RunConfig(**merged)
+
+
+__all__ = ["RunConfig", "preset", "validate", "DATASET_SIZES", "SCHEDULES"]

@@ -1,0 +1,53 @@
+"""Equilibrium statistics of a run (Sec. 5): the constant-LR window and the norm identity.
+
+At equilibrium of SGD on a scale-invariant net, eq. (11): (2 − ηλ) λ R = η (G + N) = η E|g|²,
+with η the per-step LR (η/l for SVAG, whose E|g|² = G + l·N, giving eq. (12) as l → ∞).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .config import RunConfig
+
+
+def first_decay_step(config: RunConfig) -> float:
+    """Base step of the first LR decay (the end of the constant-LR phase), or the run's end."""
+    if config.schedule == "step" and config.milestones:
+        unit = config.steps_per_epoch if config.schedule_unit == "epoch" else 1
+        return min(config.milestones[0] * unit, config.base_steps)
+    return float(config.base_steps)
+
+
+def constant_lr_window(history: pd.DataFrame, config: RunConfig,
+                       start_frac: float = 0.5) -> pd.DataFrame:
+    """History rows in the second part of the constant-LR phase: effective step in
+    (start_frac · T_decay, T_decay], where the authors measure G_t, N_t (epochs 200–250)."""
+    if not 0 <= start_frac < 1:
+        raise ValueError(f"start_frac={start_frac!r} is not allowed; use a value in [0, 1)")
+    end = first_decay_step(config)
+    steps = history["effective_step"]
+    return history[(steps > start_frac * end) & (steps <= end)]
+
+
+def equilibrium_stats(history: pd.DataFrame, config: RunConfig, start_frac: float = 0.5) -> dict:
+    """Window means of G, N, R, E|g|², and eq. (11)'s two sides with their relative gap."""
+    w = constant_lr_window(history, config, start_frac)
+    if w.empty:
+        raise ValueError("the constant-LR window has no history rows; log more often")
+    eta = config.step_lr
+    lam = config.wd
+    R, gsq = w["R"].mean(), w["grad_sq"].mean()
+    lhs = (2 - eta * lam) * lam * R
+    rhs = eta * gsq
+    G, N = w["G"].mean(), w["N"].mean()
+    return {
+        "G": G, "N": N, "R": R, "grad_sq": gsq,
+        "nsr": N / G if G and not math.isnan(G) else float("nan"),
+        "eq11_lhs": lhs, "eq11_rhs": rhs,
+        "eq11_rel_err": abs(lhs - rhs) / abs(rhs) if rhs else float("nan"),
+        "R_drift": (w["R"].iloc[-1] - w["R"].iloc[0]) / R if len(w) > 1 else float("nan"),
+        "rows": len(w),
+    }

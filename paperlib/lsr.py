@@ -1,0 +1,263 @@
+"""When the linear scaling rule (LSR) must fail: Theorems 5.5 and 5.6 of Li, Malladi, Arora (2021).
+
+SGD with batch B and LR η exhibits (C, κ)-Linear Scaling Invariance (Definition 5.4, eq. 13,
+defined for 0 < C < sqrt(κ)) if the equilibrium values R_∞, κ·N_∞, G_∞ of the run (κB, κη) are
+within a factor C of those of the run (B, η). Here G = |∇L|² and N = Tr Σ_B at the run's own
+batch size (see :mod:`paperlib.nsr`); only the ratio N/G enters.
+
+* Thm 5.5 (eq. 14): if N/G measured at (κB, κη) is below (1 − 1/κ)/(C² − 1) − 1/κ, the pair
+  does not exhibit (C, κ)-LSI (:func:`lsi_failure_certificate`).
+* Thm 5.6 (eq. 15): from a baseline at (B, η) alone, (C, κ)-LSI fails for every
+  κ > C²(1 + N/G) (:func:`critical_kappa`); the batch size B·κ at this κ is the predicted critical
+  batch size (:func:`predict_critical_batch`), ≈ C²·B·N/G when N/G ≫ 1 (the version used in the
+  Fig 3 caption, :func:`predict_critical_batch_approx`).
+
+The paper uses C = sqrt(2) (threshold C² = 2) throughout. Every C here must exceed 1: for
+C ≤ 1 the closeness conditions are degenerate (empty for C < 1) and eq. 14 divides by C² − 1.
+"""
+
+import math
+from collections.abc import Sequence
+
+__all__ = [
+    "critical_kappa",
+    "lsi_failure_certificate",
+    "lsi_threshold",
+    "lsr_failure_batch",
+    "predict_critical_batch",
+    "predict_critical_batch_approx",
+    "predicted_critical_range",
+]
+
+SQRT2 = math.sqrt(2.0)
+
+
+def _finite(name: str, value: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a real number, got {value!r}") from exc
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def _check_c(C: float) -> float:
+    c = _finite("C", C)
+    if c <= 1.0:
+        raise ValueError(f"C must be > 1 (the paper uses sqrt(2)), got {C!r}")
+    return c
+
+
+def _check_gn(G: float, N: float) -> tuple[float, float]:
+    g = _finite("G", G)
+    n = _finite("N", N)
+    if g <= 0.0:
+        raise ValueError(f"G = |grad L|^2 must be > 0, got {G!r}")
+    if n < 0.0:
+        raise ValueError(f"N = Tr Sigma_B must be >= 0, got {N!r}")
+    return g, n
+
+
+def _check_batch(batch_size: float) -> float:
+    b = _finite("batch_size", batch_size)
+    if b <= 0.0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size!r}")
+    return b
+
+
+def critical_kappa(G: float, N: float, C: float = SQRT2) -> float:
+    """κ* = C²(1 + N/G): (C, κ)-LSI fails for every κ > κ* (Thm 5.6, eq. 15).
+
+    Since κ* ≥ C², every κ > κ* also satisfies the requirement C < sqrt(κ) of Definition 5.4.
+
+    Args:
+        G: equilibrium |∇L|² of the baseline run (B, η), > 0.
+        N: equilibrium Tr Σ_B of the baseline run at its batch size B, ≥ 0.
+        C: closeness constant, > 1 (paper: sqrt(2)).
+
+    Returns:
+        κ* as a float (≥ C²).
+
+    Raises:
+        ValueError: if G ≤ 0, N < 0, C ≤ 1, or any value is not finite.
+    """
+    c = _check_c(C)
+    g, n = _check_gn(G, N)
+    return c * c * (1.0 + n / g)
+
+
+def predict_critical_batch(G: float, N: float, batch_size: float, C: float = SQRT2) -> float:
+    """Predicted critical batch size B* = B · C²(1 + N/G) (Thm 5.6, eq. 15).
+
+    Scaling B (and η) by more than κ* = C²(1 + N/G) certainly breaks (C, κ)-LSI.
+
+    Args:
+        G: equilibrium |∇L|² of the baseline run, > 0.
+        N: equilibrium Tr Σ_B of the baseline run at its batch size, ≥ 0.
+        batch_size: the baseline batch size B, > 0.
+        C: closeness constant, > 1.
+
+    Returns:
+        B* as a float.
+
+    Raises:
+        ValueError: if G ≤ 0, N < 0, batch_size ≤ 0, C ≤ 1, or any value is not finite.
+    """
+    return _check_batch(batch_size) * critical_kappa(G, N, C)
+
+
+def predict_critical_batch_approx(
+    G: float, N: float, batch_size: float, C: float = SQRT2
+) -> float:
+    """B* ≈ C² · B · N/G, the approximation of eq. 15 for N/G ≫ 1 used in the Fig 3 caption.
+
+    Args:
+        G: equilibrium |∇L|² of the baseline run, > 0.
+        N: equilibrium Tr Σ_B of the baseline run at its batch size, ≥ 0.
+        batch_size: the baseline batch size B, > 0.
+        C: closeness constant, > 1.
+
+    Returns:
+        The approximate B* as a float (always below :func:`predict_critical_batch` by C²·B).
+
+    Raises:
+        ValueError: if G ≤ 0, N < 0, batch_size ≤ 0, C ≤ 1, or any value is not finite.
+    """
+    c = _check_c(C)
+    g, n = _check_gn(G, N)
+    return c * c * _check_batch(batch_size) * n / g
+
+
+def predicted_critical_range(
+    batch_sizes: Sequence[float],
+    G: Sequence[float],
+    N: Sequence[float],
+    C: float = SQRT2,
+    approx: bool = True,
+) -> tuple[float, float]:
+    """Minimal and maximal predicted critical batch size over several baseline runs (Fig 3).
+
+    Each baseline (B, G_B, N_B) predicts B* = C²·B·N_B/G_B (``approx``) or B·C²(1 + N_B/G_B):
+    the batch size where its line G/N ∝ B (LSR keeps G and scales N by 1/κ) crosses the
+    threshold G/N = C². Fig 3 reports the smallest and largest of these predictions.
+
+    Args:
+        batch_sizes: baseline batch sizes, each > 0.
+        G: matching equilibrium |∇L|² values, each > 0.
+        N: matching equilibrium Tr Σ_B values (each at its own B), each ≥ 0.
+        C: closeness constant, > 1.
+        approx: use the approximation of the Fig 3 caption (default) or the exact eq. 15.
+
+    Returns:
+        ``(min B*, max B*)``.
+
+    Raises:
+        ValueError: if the sequences are empty or of different lengths, or any entry is invalid.
+    """
+    if not (len(batch_sizes) == len(G) == len(N)) or len(batch_sizes) == 0:
+        raise ValueError(
+            "batch_sizes, G and N must be non-empty and of equal length, got lengths "
+            f"{len(batch_sizes)}, {len(G)}, {len(N)}"
+        )
+    fn = predict_critical_batch_approx if approx else predict_critical_batch
+    preds = [fn(g, n, b, C) for b, g, n in zip(batch_sizes, G, N, strict=True)]
+    return min(preds), max(preds)
+
+
+def lsi_threshold(kappa: float, C: float = SQRT2) -> float:
+    """The right-hand side (1 − 1/κ)/(C² − 1) − 1/κ of eq. 14 (Thm 5.5).
+
+    It equals (κ − C²)/(κ(C² − 1)): positive exactly when C < sqrt(κ), as Definition 5.4
+    requires.
+
+    Args:
+        kappa: the scaling factor κ, > 1 and > C².
+        C: closeness constant, > 1 and < sqrt(κ).
+
+    Returns:
+        The threshold (> 0) on N/G measured at (κB, κη).
+
+    Raises:
+        ValueError: if C ≤ 1, κ ≤ 1, κ ≤ C² (Definition 5.4 needs C < sqrt(κ)), or not finite.
+    """
+    c = _check_c(C)
+    k = _finite("kappa", kappa)
+    if k <= 1.0:
+        raise ValueError(f"kappa must be > 1, got {kappa!r}")
+    if k <= c * c:
+        raise ValueError(
+            f"(C, kappa)-LSI (Definition 5.4) needs C < sqrt(kappa), i.e. kappa > C^2 = {c * c:g}, "
+            f"got kappa={kappa!r}"
+        )
+    return (1.0 - 1.0 / k) / (c * c - 1.0) - 1.0 / k
+
+
+def lsi_failure_certificate(G_kB: float, N_kB: float, kappa: float, C: float = SQRT2) -> bool:
+    """Thm 5.5 (eq. 14): True when N/G at (κB, κη) < (1 − 1/κ)/(C² − 1) − 1/κ.
+
+    True certifies that SGD with (B, η) does NOT exhibit (C, κ)-LSI (the LSR from B to κB
+    certainly fails); False certifies nothing.
+
+    Args:
+        G_kB: equilibrium |∇L|² of the large-batch run (κB, κη), > 0.
+        N_kB: its equilibrium Tr Σ_{κB} (at batch size κB), ≥ 0.
+        kappa: the scaling factor κ > 1, with κ > C² (Definition 5.4: 0 < C < sqrt(κ)).
+        C: closeness constant, > 1.
+
+    Returns:
+        Whether eq. 14 holds.
+
+    Raises:
+        ValueError: if G_kB ≤ 0, N_kB < 0, C ≤ 1, κ ≤ 1, κ ≤ C², or any value is not finite.
+    """
+    g, n = _check_gn(G_kB, N_kB)
+    return n / g < lsi_threshold(kappa, C)
+
+
+def lsr_failure_batch(
+    batch_sizes: Sequence[int],
+    test_errors: Sequence[float],
+    factor: float = 1.2,
+    after_best: bool = False,
+) -> int | None:
+    """The smallest batch size whose final test error exceeds ``factor`` × the lowest (Fig 3).
+
+    Fig 3 considers the LSR failed when the final test error exceeds the lowest achieved error
+    by more than 20% of its value (factor 1.2); the red region starts at the returned B.
+
+    Args:
+        batch_sizes: strictly increasing positive batch sizes of an LSR sweep.
+        test_errors: final test errors (fractions or percent, ≥ 0), one per batch size.
+        factor: failure threshold as a multiple of the lowest error, ≥ 1.
+        after_best: only consider batch sizes above the one with the lowest error (ignores a
+            small-batch run that is bad for another reason).
+
+    Returns:
+        The first failing batch size, or None if none fails.
+
+    Raises:
+        ValueError: if the sequences are empty or of different lengths, batch sizes are not
+            strictly increasing positive numbers, an error is negative or not finite, or
+            factor < 1.
+    """
+    if len(batch_sizes) != len(test_errors) or len(batch_sizes) == 0:
+        raise ValueError(
+            "batch_sizes and test_errors must be non-empty and of equal length, got lengths "
+            f"{len(batch_sizes)} and {len(test_errors)}"
+        )
+    bs = [_check_batch(b) for b in batch_sizes]
+    if any(b2 <= b1 for b1, b2 in zip(bs, bs[1:], strict=False)):
+        raise ValueError(f"batch_sizes must be strictly increasing, got {list(batch_sizes)}")
+    errs = [_finite("test error", e) for e in test_errors]
+    if any(e < 0.0 for e in errs):
+        raise ValueError(f"test errors must be >= 0, got {list(test_errors)}")
+    f = _finite("factor", factor)
+    if f < 1.0:
+        raise ValueError(f"factor must be >= 1, got {factor!r}")
+    best = min(errs)
+    start = errs.index(best) + 1 if after_best else 0
+    for b, e in zip(list(batch_sizes)[start:], errs[start:], strict=True):
+        if e > f * best:
+            return b
+    return None

@@ -1,0 +1,356 @@
+"""Networks of FIGURES.md, section "Scale-invariant nets" (Li, Lyu, Arora 2020, App. C).
+
+Scale-invariant families (``preresnet<depth>``, ``vgg11/13/16/19``, ``convnet``):
+
+* every conv has no bias and Kaiming fan-in normal init (std = sqrt(2 / fan_in));
+* every norm layer has no affine parameters and eps = 0, so the invariance is exact:
+  ``ExactBatchNorm2d(C)`` (= BatchNorm2d(C, eps=0, affine=False), which torch refuses in
+  training mode), ``GroupNorm(8, C, eps=0, affine=False)`` or none;
+* the last linear layer (``model.head``) is fixed at its random init (weight ~ N(0, 2 / fan_in),
+  bias 0, ``requires_grad=False``): it is neither trained nor decayed.
+
+With norm "bn" or "gn" the output is invariant to scaling all trained (conv) weights jointly by
+c > 0. With norm "none" they are not: VGG / convnet are then homogeneous of degree #convs and
+PreResNet mixes degrees in its residual sums. Because eps = 0, a norm layer whose input has zero
+variance (e.g. GroupNorm on an all-zero image) returns NaN; callers must avoid such inputs.
+
+``resnet<depth>`` is the non-scale-invariant control: a standard post-activation CIFAR ResNet
+(He et al. 2016) with affine BatchNorm (default eps), option-A shortcuts and a trainable last
+linear layer with bias.
+"""
+
+import copy
+import math
+import numbers
+import re
+
+import torch
+from torch import nn
+
+from paperlib.constants import GROUPNORM_GROUPS, NORMS
+from paperlib.seeding import STREAM_INIT, derive_seed
+
+# Standard VGG conv lists (Simonyan & Zisserman 2015, configurations A, B, D, E); 'M' = 2x2 pool.
+VGG_CFGS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+    # Small 3-stage net for CPU presets, built by the same VGG class.
+    "convnet": [16, "M", 32, "M", 64, "M"],
+}
+
+_DEPTH_ARCH = re.compile(r"^(preresnet|resnet)(\d+)$")
+ARCH_HELP = ("'preresnet<depth>' or 'resnet<depth>' with depth = 6n + 2, n >= 1 (e.g. 8, 14, 20, "
+             "32, 56), " + ", ".join(repr(k) for k in VGG_CFGS))
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+class ExactBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d(C, eps=0, affine=False)``: exactly scale-invariant batch normalization.
+
+    torch refuses eps = 0 in training mode, so training mode is computed here: batch mean and
+    biased variance over (N, H, W), running statistics updated as in ``nn.BatchNorm2d`` (momentum,
+    unbiased running variance). Eval mode uses ``F.batch_norm`` with the running statistics.
+    A channel with zero batch variance gives NaN/inf (no eps to hide it).
+    """
+
+    def __init__(self, channels: int, momentum: float | None = 0.1):
+        super().__init__(channels, eps=0.0, momentum=momentum, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4D input [N, C, H, W], got shape {tuple(x.shape)}")
+        if not (self.training or self.running_mean is None):
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var,
+                                            training=False, eps=0.0)
+        n = x.numel() // x.shape[1]
+        if n < 2:
+            raise ValueError(f"batch norm in training mode needs more than 1 value per channel, "
+                             f"got input shape {tuple(x.shape)}")
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                     else self.momentum)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
+                unbiased = var.detach() * (n / (n - 1))
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+        return (x - mean[None, :, None, None]) / var.sqrt()[None, :, None, None]
+
+
+def _norm(norm: str, channels: int, *, affine: bool) -> nn.Module:
+    """BatchNorm / GroupNorm(8) / Identity. Scale-invariant nets use affine=False and eps=0."""
+    if norm == "none":
+        return nn.Identity()
+    if norm == "bn":
+        return nn.BatchNorm2d(channels, affine=True) if affine else ExactBatchNorm2d(channels)
+    return nn.GroupNorm(GROUPNORM_GROUPS, channels, affine=affine) if affine else nn.GroupNorm(
+        GROUPNORM_GROUPS, channels, eps=0.0, affine=False)
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block: norm → ReLU → conv3x3 → norm → ReLU → conv3x3.
+
+    With ``projection`` the shortcut is norm → 1x1 conv (no ReLU). The shortcut reuses the output
+    of the block's first norm layer: for affine-free norms this is exactly a separate norm of x.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: str, projection: bool):
+        super().__init__()
+        self.norm1 = _norm(norm, cin, affine=False)
+        self.conv1 = _conv3x3(cin, cout, stride)
+        self.norm2 = _norm(norm, cout, affine=False)
+        self.conv2 = _conv3x3(cout, cout)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if projection else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = self.norm1(x)
+        out = self.conv2(torch.relu(self.norm2(self.conv1(torch.relu(o)))))
+        return out + (self.shortcut(o) if self.shortcut is not None else x)
+
+
+class PreResNet(nn.Module):
+    """Scale-invariant PreResNet (FIGURES.md): stem conv → 3 stages of n blocks → norm → GAP → head.
+
+    Stage widths 16w/32w/64w, strides 1/2/2; the first block of every stage (stage 1 too) has a
+    projection shortcut, so each residual sum is homogeneous of degree 1 in the weights.
+    """
+
+    def __init__(self, n: int, widths: tuple[int, int, int], norm: str, num_classes: int,
+                 in_channels: int):
+        super().__init__()
+        self.stem = _conv3x3(in_channels, widths[0])
+        blocks, cin = [], widths[0]
+        for cout, stride in zip(widths, (1, 2, 2), strict=True):
+            for i in range(n):
+                blocks.append(PreActBlock(cin, cout, stride if i == 0 else 1, norm, i == 0))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.final_norm = _norm(norm, cin, affine=False)  # no ReLU after it
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.final_norm(self.blocks(self.stem(x)))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+class AvgPool2x2(nn.Module):
+    """2x2 average pooling (stride 2) that is a no-op once the feature map is 1 pixel high or wide.
+
+    This lets small inputs (e.g. 8x8) pass through all five pools of VGG-16/19: 8→4→2→1→1→1.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < 2:
+            return x
+        return nn.functional.avg_pool2d(x, 2)
+
+
+class VGG(nn.Module):
+    """Scale-invariant VGG (FIGURES.md): [conv3x3 (no bias) → norm → ReLU | avg-pool 'M']* → GAP
+    → fixed linear head. Also builds the small ``convnet``."""
+
+    def __init__(self, cfg: list[int | str], norm: str, num_classes: int, in_channels: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(AvgPool2x2())
+            else:
+                layers += [_conv3x3(cin, v), _norm(norm, v, affine=False), nn.ReLU()]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class BasicBlock(nn.Module):
+    """Post-activation basic block (He et al. 2016): conv → norm → ReLU → conv → norm, + shortcut,
+    ReLU. Option-A shortcut when the shape changes: stride-2 subsampling and zero-padded channels
+    (parameter-free)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: str):
+        super().__init__()
+        self.conv1 = _conv3x3(cin, cout, stride)
+        self.norm1 = _norm(norm, cout, affine=True)
+        self.conv2 = _conv3x3(cout, cout)
+        self.norm2 = _norm(norm, cout, affine=True)
+        self.stride, self.pad = stride, cout - cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.norm2(self.conv2(torch.relu(self.norm1(self.conv1(x)))))
+        sc = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        if self.pad:
+            sc = nn.functional.pad(sc, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return torch.relu(out + sc)
+
+
+class ResNet(nn.Module):
+    """Standard post-activation CIFAR ResNet (the non-scale-invariant control): conv → norm → ReLU
+    → 3 stages of n blocks (16w/32w/64w, strides 1/2/2) → GAP → trainable linear with bias."""
+
+    def __init__(self, n: int, widths: tuple[int, int, int], norm: str, num_classes: int,
+                 in_channels: int):
+        super().__init__()
+        self.stem = nn.Sequential(_conv3x3(in_channels, widths[0]),
+                                  _norm(norm, widths[0], affine=True), nn.ReLU())
+        blocks, cin = [], widths[0]
+        for cout, stride in zip(widths, (1, 2, 2), strict=True):
+            for i in range(n):
+                blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1, norm))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _parse_arch(arch: str) -> tuple[str, int | None]:
+    """(family, blocks per stage n) for depth archs, (cfg name, None) for VGG/convnet."""
+    if not isinstance(arch, str):
+        raise ValueError(f"arch must be a string, got {arch!r}; allowed: {ARCH_HELP}")
+    if arch in VGG_CFGS:
+        return arch, None
+    m = _DEPTH_ARCH.match(arch)
+    if m is None:
+        raise ValueError(f"unknown arch {arch!r}; allowed: {ARCH_HELP}")
+    depth = int(m.group(2))
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"arch {arch!r} has depth {depth}; depth must be 6n + 2 with n >= 1 "
+                         "(8, 14, 20, 26, 32, ..., 56, ...)")
+    return m.group(1), (depth - 2) // 6
+
+
+def _scaled_channels(base: int, width: float, norm: str) -> int:
+    c = base * width
+    if abs(c - round(c)) > 1e-9 or round(c) < 1:
+        raise ValueError(f"width {width!r} gives {c} channels for a {base}-channel layer; width "
+                         "must make every channel count a positive integer")
+    c = int(round(c))
+    if norm == "gn" and c % GROUPNORM_GROUPS:
+        raise ValueError(f"width {width!r} gives {c} channels, not divisible by the "
+                         f"{GROUPNORM_GROUPS} groups of norm 'gn'")
+    return c
+
+
+def is_scale_invariant(arch: str) -> bool:
+    """True for the scale-invariant families (preresnet, vgg*, convnet); False for resnet.
+
+    By family only: with norm "none" those nets are not invariant.
+    """
+    family, _ = _parse_arch(arch)
+    return family != "resnet"
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+@torch.no_grad()
+def _init_weights(model: nn.Module, gen: torch.Generator) -> None:
+    """Kaiming fan-in normal (std sqrt(2 / fan_in)) for every conv and linear weight; zero linear
+    bias; affine norms (ResNet control only) keep weight 1, bias 0."""
+    for mod in model.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            w = mod.weight
+            fan_in = w[0].numel()
+            w.copy_(torch.randn(w.shape, generator=gen, dtype=w.dtype) * math.sqrt(2.0 / fan_in))
+            if mod.bias is not None:
+                mod.bias.zero_()
+
+
+def build_model(arch: str, *, width: float = 1, norm: str = "bn", num_classes: int = 10,
+                in_channels: int = 3, seed: int = 0) -> nn.Module:
+    """Build ``arch`` (see module docstring) with channels × ``width`` and norm ``norm``.
+
+    The init is a pure function of ``seed`` (stream ``STREAM_INIT``); the global torch RNG is left
+    untouched. Scale-invariant nets have a fixed head (``model.head``, requires_grad False).
+    """
+    family, n = _parse_arch(arch)
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; allowed: {NORMS}")
+    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not width > 0 \
+            or not math.isfinite(width):
+        raise ValueError(f"width must be a positive finite number, got {width!r}")
+    for name, v in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+    if n is not None:
+        widths = tuple(_scaled_channels(b, width, norm) for b in (16, 32, 64))
+    else:
+        cfg = [v if v == "M" else _scaled_channels(v, width, norm) for v in VGG_CFGS[family]]
+
+    with torch.random.fork_rng(devices=[]):  # module constructors draw from the global CPU RNG
+        if family == "preresnet":
+            model = PreResNet(n, widths, norm, int(num_classes), int(in_channels))
+        elif family == "resnet":
+            model = ResNet(n, widths, norm, int(num_classes), int(in_channels))
+        else:
+            model = VGG(cfg, norm, int(num_classes), int(in_channels))
+    gen = torch.Generator().manual_seed(derive_seed(int(seed), STREAM_INIT) % 2**63)
+    _init_weights(model, gen)
+    if family != "resnet":
+        model.head.requires_grad_(False)  # fixed at its random init: not trained, not decayed
+    return model
+
+
+def trained_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters with requires_grad: what SGD updates, what weight decay and R = |x|² cover."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def count_parameters(model: nn.Module, trained_only: bool = True) -> int:
+    """Number of scalar parameters (only the trained ones unless ``trained_only=False``)."""
+    params = trained_parameters(model) if trained_only else list(model.parameters())
+    return sum(p.numel() for p in params)
+
+
+def has_batch_coupling(model: nn.Module) -> bool:
+    """True when the net contains BatchNorm, i.e. per-example outputs depend on the batch."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def scale_invariance_error(model: nn.Module, x: torch.Tensor, c: float = 10.0) -> float:
+    """max|f_{cW}(x) − f_W(x)| / max|f_W(x)| with W all trained parameters scaled by c > 0.
+
+    Runs on a deep copy in train mode (BN uses batch statistics) cast to x's dtype and device, so
+    the caller's model, mode and running statistics are untouched.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {type(x).__name__} "
+                         f"{getattr(x, 'dtype', '')}")
+    if isinstance(c, bool) or not isinstance(c, numbers.Real) or not c > 0 \
+            or not math.isfinite(c):
+        raise ValueError(f"c must be a positive finite number, got {c!r}")
+    net = copy.deepcopy(model).to(device=x.device, dtype=x.dtype).train()
+    ref = net(x)
+    for p in trained_parameters(net):
+        p.mul_(c)
+    diff = (net(x) - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    if scale == 0.0:
+        return 0.0 if diff == 0.0 else math.inf
+    return diff / scale
