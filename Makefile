@@ -36,9 +36,11 @@ lint: setup
 pytest: setup
 	$(BIN)/python -m pytest tests
 
+# nbval re-executes the committed notebooks against the committed result files; with
+# PAPERLIB_NO_TRAIN=1 a missing or stale result fails fast instead of training.
 nbval: setup
 ifneq ($(NOTEBOOKS),)
-	$(BIN)/python -m pytest --nbval $(NOTEBOOKS)
+	PAPERLIB_NO_TRAIN=1 $(BIN)/python -m pytest --nbval $(NOTEBOOKS)
 endif
 
 test: lint pytest nbval

@@ -66,6 +66,11 @@ class RunConfig:
     nsr_extra_every: int = 4  # BN nets under SGD: one extra independent batch every k steps
     chunk_size: int = 1000  # examples per forward pass of the full-data (GD/NGD) gradient
     checkpoint_every: int = 1000  # base steps between checkpoints (rounded to a log boundary)
+    # --- accelerator options (speed; tf32 / bf16 change rounding; no-ops on CPU at defaults) --
+    channels_last: bool = False  # NHWC memory format for model and batches (faster convs on GPU)
+    tf32: bool = True  # CUDA only: TF32 convs/matmuls (10-bit mantissa inputs); no effect on CPU
+    compile: bool = False  # torch.compile the model (slow first steps; mainly for CUDA)
+    bf16: bool = False  # bfloat16 autocast of training passes (off: the paper's numerics are fp32)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -229,6 +234,10 @@ def validate(c: RunConfig) -> None:
         raise ValueError(f"final_lr_factor={c.final_lr_factor!r} is not allowed; use [0, 1]")
     if not c.gamma >= 0 or not c.wd_gamma >= 0:
         raise ValueError(f"gamma={c.gamma!r}, wd_gamma={c.wd_gamma!r}: factors must be ≥ 0")
+    for name in ("channels_last", "tf32", "compile", "bf16"):
+        v = getattr(c, name)
+        if not isinstance(v, bool):
+            raise ValueError(f"{name}={v!r} is not allowed; it must be True or False")
     if c.seed < 0 or c.data_seed < 0:
         raise ValueError(f"seed={c.seed!r}, data_seed={c.data_seed!r}: seeds must be ≥ 0")
 

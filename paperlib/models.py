@@ -38,9 +38,15 @@ VGG_CFGS: dict[str, list[int | str]] = {
               512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
               512, 512, 512, 512, "M"],
-    # Small 3-stage net for CPU presets, built by the same VGG class.
-    "convnet": [16, "M", 32, "M", 64, "M"],
+    # Small 3-stage net for CPU presets, built by the same VGG class: the CPU probe's convnet
+    # (max pooling, the last pool an adaptive average pool to 2×2, see VGG_POOLING).
+    "convnet": [16, "M", 32, "M", 64],
 }
+# 'M' pooling and head pooling per VGG config: VGGs follow the recipe (average pooling, global
+# average pool); the convnet follows CPU-PROBE.md, where the Fig 1 gap was found with max
+# pooling and a 2×2 adaptive average pool before the head. Max pooling is positively
+# homogeneous, so scale invariance is unchanged.
+VGG_POOLING = {"convnet": ("max", 2)}
 
 _DEPTH_ARCH = re.compile(r"^(preresnet|resnet)(\d+)$")
 ARCH_HELP = ("'preresnet<depth>' or 'resnet<depth>' with depth = 6n + 2, n >= 1 (e.g. 8, 14, 20, "
@@ -146,34 +152,40 @@ class PreResNet(nn.Module):
 
 
 class AvgPool2x2(nn.Module):
-    """2x2 average pooling (stride 2) that is a no-op once the feature map is 1 pixel high or wide.
+    """2x2 average (or max) pooling, stride 2, that is a no-op once the feature map is 1 pixel
+    high or wide.
 
     This lets small inputs (e.g. 8x8) pass through all five pools of VGG-16/19: 8→4→2→1→1→1.
     """
 
+    def __init__(self, kind: str = "avg"):
+        super().__init__()
+        self.pool = nn.functional.max_pool2d if kind == "max" else nn.functional.avg_pool2d
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if min(x.shape[-2:]) < 2:
             return x
-        return nn.functional.avg_pool2d(x, 2)
+        return self.pool(x, 2)
 
 
 class VGG(nn.Module):
     """Scale-invariant VGG (FIGURES.md): [conv3x3 (no bias) → norm → ReLU | avg-pool 'M']* → GAP
     → fixed linear head. Also builds the small ``convnet``."""
 
-    def __init__(self, cfg: list[int | str], norm: str, num_classes: int, in_channels: int):
+    def __init__(self, cfg: list[int | str], norm: str, num_classes: int, in_channels: int,
+                 pool: str = "avg", head_pool: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels
         for v in cfg:
             if v == "M":
-                layers.append(AvgPool2x2())
+                layers.append(AvgPool2x2(pool))
             else:
                 layers += [_conv3x3(cin, v), _norm(norm, v, affine=False), nn.ReLU()]
                 cin = v
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(cin, num_classes)
+        self.pool = nn.AdaptiveAvgPool2d(head_pool)
+        self.head = nn.Linear(cin * head_pool * head_pool, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.pool(self.features(x)), 1))
@@ -308,7 +320,8 @@ def build_model(arch: str, *, width: float = 1, norm: str = "bn", num_classes: i
         elif family == "resnet":
             model = ResNet(n, widths, norm, int(num_classes), int(in_channels))
         else:
-            model = VGG(cfg, norm, int(num_classes), int(in_channels))
+            model = VGG(cfg, norm, int(num_classes), int(in_channels),
+                        *VGG_POOLING.get(family, ("avg", 1)))
     gen = torch.Generator().manual_seed(derive_seed(int(seed), STREAM_INIT) % 2**63)
     _init_weights(model, gen)
     if family != "resnet":

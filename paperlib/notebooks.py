@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
 
 
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
@@ -36,4 +38,16 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None) -> dict[str,
                             cwd=str(path.parent), progress_bar=False)
         times[path.stem] = time.time() - t0
         print(f"{path.name}: {times[path.stem]:.0f} s", flush=True)
+        _record_timing(path.stem, preset, times[path.stem])
     return times
+
+
+def _record_timing(name: str, preset: str, seconds: float) -> None:
+    """figures/timings.json: wall seconds of the last `make figures` per (preset, notebook).
+    A rerun that finds its results in the store records the re-plot time, not the training."""
+    from .store import atomic_write_bytes
+
+    path = NOTEBOOK_DIR.parent / "figures" / "timings.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.setdefault(preset, {})[name] = round(seconds, 1)
+    atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())

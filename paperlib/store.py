@@ -2,13 +2,15 @@
 
 Layout: ``<runs_root>/<run_id>/`` with ``config.json``, ``history.csv``, ``checkpoint.pt`` and
 ``manifest.json``. The manifest is written last (atomically) and holds the sha256 of every other
-file, the status (``partial`` | ``complete`` | ``diverged``) and the code identity; a file whose
-checksum does not match is never used (a truncated history is recomputed, a bad checkpoint
-discarded). The run id hashes the config (minus ``device``) together with ``RESULTS_VERSION``.
+file (the checkpoint is optional: it is gitignored, while the small result files are committed),
+the status (``partial`` | ``complete`` | ``diverged``) and the code identity. A file whose
+checksum does not match is never used: a truncated history is recomputed, a bad checkpoint
+discarded. The run id hashes the config's non-default fields with ``RESULTS_VERSION``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -26,7 +28,7 @@ from . import __version__
 from .config import RunConfig
 from .paths import runs_root
 
-RESULTS_VERSION = 1  # bump when a change alters what a run computes or records
+RESULTS_VERSION = 2  # bump when a change alters what a run computes or records
 FILES = ("config.json", "history.csv")
 
 
@@ -51,9 +53,15 @@ class RunResult:
 
 
 def run_id(config: RunConfig) -> str:
-    """sha256 of the config (device excluded: a result is valid on any device) + version."""
-    d = config.to_dict()
-    d.pop("device")
+    """sha256 of the config's non-default fields + RESULTS_VERSION.
+
+    Hashing only what differs from the defaults keeps stored results valid when a new field
+    (with a default that preserves old behaviour) is added; changing a default's value must bump
+    RESULTS_VERSION. ``device`` is excluded: a result is valid on any device.
+    """
+    default = RunConfig()
+    d = {f.name: getattr(config, f.name) for f in dataclasses.fields(RunConfig)
+         if f.name != "device" and getattr(config, f.name) != getattr(default, f.name)}
     blob = json.dumps({"config": d, "results_version": RESULTS_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -99,10 +107,12 @@ def read_history(path: Path) -> pd.DataFrame:
 
 
 def _write_manifest(d: Path, status: str, extra: dict) -> dict:
-    files = {name: _sha256(d / name) for name in (*FILES, "checkpoint.pt") if (d / name).exists()}
+    files = {name: _sha256(d / name) for name in FILES if (d / name).exists()}
+    ckpt = d / "checkpoint.pt"
     manifest = {
         "status": status,
-        "files": files,
+        "files": files,  # result files: committed for notebooks, verified on every load
+        "checkpoint_sha256": _sha256(ckpt) if ckpt.exists() else None,  # gitignored, optional
         "results_version": RESULTS_VERSION,
         "paperlib_version": __version__,
         "torch_version": torch.__version__,
@@ -142,14 +152,15 @@ def run(
     config: RunConfig,
     root: Path | str | None = None,
     *,
-    allow_train: bool = True,
+    allow_train: bool | None = None,
     progress: bool = True,
     step_callback=None,
 ) -> RunResult:
     """Return the result of ``config``: from the store when complete, else resume or train.
 
     Args:
-        allow_train: False (notebooks under test) raises StaleResultError instead of training.
+        allow_train: False raises StaleResultError instead of training; None (default) means
+            True unless the environment sets PAPERLIB_NO_TRAIN=1 (notebooks under nbval).
         step_callback: called as ``step_callback(step)`` after every optimizer step (tests use
             it to simulate a killed run).
     """
@@ -159,6 +170,8 @@ def run(
     if cached is not None:
         return cached
     d = run_dir(config, root)
+    if allow_train is None:
+        allow_train = os.environ.get("PAPERLIB_NO_TRAIN", "") in ("", "0")
     if not allow_train:
         raise StaleResultError(
             f"result {d} is missing or stale for run [{config.summary()}]; regenerate it with "
@@ -194,7 +207,9 @@ def run(
 
 
 def _load_checkpoint(d: Path) -> dict | None:
+    """The checkpoint of a partial run if its checksum matches the manifest, else None."""
     manifest = load_manifest(d)
-    if manifest is None or "checkpoint.pt" not in manifest["files"]:
+    ckpt = d / "checkpoint.pt"
+    if manifest is None or not ckpt.exists() or manifest.get("checkpoint_sha256") != _sha256(ckpt):
         return None
     return torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True)

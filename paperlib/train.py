@@ -15,6 +15,7 @@ equal on CPU.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import pandas as pd
@@ -111,7 +112,13 @@ class Context:
 
 
 def _losses(ctx: Context, x, y):
-    out = ctx.model(x)
+    if ctx.config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if ctx.config.bf16:  # forward (and so backward) in bfloat16 where autocast allows; loss fp32
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16):
+            out = ctx.model(x).float()
+    else:
+        out = ctx.model(x)
     return F.cross_entropy(out, y, reduction="none"), (out.argmax(1) == y)
 
 
@@ -187,8 +194,10 @@ def svag_gradient(ctx: Context, k: int) -> dict:
         g2 = _flat(_grad(l2.mean(), ctx.params))
         G, N = online_nsr(g1, g2, B, B, n=ctx.n_pop, disjoint=ctx.n_pop is not None)
         return _stats(torch.cat([l1, l2]), torch.cat([a1, a2]), c1 * g1 + c2 * g2, G, N)
+    # Weights before the forward pass: their host-to-device copy waits for the GPU, so done
+    # here it does not stall the backward launches behind the forward (no effect on CPU).
+    w = svag_example_weights(c.l, B, dtype=x.dtype, device=ctx.device)
     losses, correct = _losses(ctx, x, y)
-    w = svag_example_weights(c.l, B, dtype=losses.dtype, device=ctx.device)
     g = _flat(_grad((w * losses).sum(), ctx.params))
     return _stats(losses, correct, g)
 
@@ -264,11 +273,18 @@ def squared_norm(params) -> torch.Tensor:
 
 # --- the loop -------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=2)
+def device_data(dataset: str, subset: int | None, resolution: int, device: torch.device,
+                data_seed: int) -> DeviceData:
+    """The prepared (read-only) data set, shared by the runs of one process."""
+    raw = load_dataset(dataset, root=data_root())
+    return prepare(raw, subset=subset, resolution=resolution, device=device, seed=data_seed)
+
+
 def build(config: RunConfig, device: torch.device):
     """Data, model and samplers of a run (shared by train and by measurement tools)."""
-    raw = load_dataset(config.dataset, root=data_root())
-    data = prepare(raw, subset=config.subset, resolution=config.resolution, device=device,
-                   seed=config.data_seed)
+    data = device_data(config.dataset, config.subset, config.resolution, device,
+                       config.data_seed)
     model = build_model(config.arch, width=config.width, norm=config.norm,
                         num_classes=data.num_classes, in_channels=data.in_channels,
                         seed=config.seed).to(device)
@@ -283,7 +299,21 @@ def build(config: RunConfig, device: torch.device):
                         seeding.derive_seed(config.seed, seeding.STREAM_EXTRA) % (1 << 62))
     n_pop = None if config.sampler == "replacement" else n
     params = trained_parameters(model)
+    accelerator_options(config, model, device)
     return Context(config, model, params, data, sampler, extra, coupled, n_pop, device)
+
+
+def accelerator_options(config: RunConfig, model: torch.nn.Module, device: torch.device) -> None:
+    """Apply ``channels_last``, ``tf32`` and ``compile`` to a built model (``bf16`` autocast
+    is applied per pass in ``_losses``). TF32 is a process-wide CUDA switch, set from the config
+    of the run being built; CPU convolutions and matmuls are always full fp32."""
+    if device.type == "cuda":  # the allow_tf32 flags: code reading either torch API sees them
+        torch.backends.cuda.matmul.allow_tf32 = config.tf32
+        torch.backends.cudnn.allow_tf32 = config.tf32
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.compile:
+        model.compile()  # in place: parameters and state_dict keys are unchanged
 
 
 def train(

@@ -94,8 +94,9 @@ def test_resnet32_parameter_counts():
 def test_convnet_parameter_count_and_width():
     model = build_model("convnet", width=2, norm="gn")
     assert count_parameters(model) == 9 * (3 * 32 + 32 * 64 + 64 * 128)
+    # head: 128 channels × 2×2 adaptive average pool → 10 (the CPU probe's convnet)
     assert count_parameters(model, trained_only=False) == 9 * (3 * 32 + 32 * 64 + 64 * 128) \
-        + 128 * 10 + 10
+        + 128 * 4 * 10 + 10
 
 
 # ----------------------------------------------------------------------------- structure

@@ -63,19 +63,31 @@ def test_svag_runs_l_times_the_steps_with_stretched_schedule():
     assert np.allclose(before, cfg.lr / 4) and np.allclose(after, cfg.lr / 4 * cfg.gamma)
 
 
+def _step_gradient(cfg, k=3):
+    from paperlib.train import GRADIENT_STEPS, build
+
+    ctx = build(cfg, torch.device("cpu"))
+    return GRADIENT_STEPS[cfg.algo](ctx, k)
+
+
 def test_svag_fused_pass_matches_two_passes():
-    """GN nets: the fused 2B pass with per-example weights is the same gradient as two passes."""
-    fused = train(smoke(algo="svag", l=2, nsr_every=10**6), progress=False).history
-    split = train(smoke(algo="svag", l=2, nsr_every=1), progress=False).history
-    np.testing.assert_allclose(fused["R"], split["R"], rtol=1e-4)
-    np.testing.assert_allclose(fused["train_loss"], split["train_loss"], rtol=1e-4)
+    """GN nets: the fused 2B pass with per-example weights is the same gradient as two passes
+    (compared per step: trajectories of a max-pool net amplify float rounding over many steps)."""
+    cfg = smoke(algo="svag", l=4)
+    fused = _step_gradient(cfg.replace(nsr_every=2), k=3)  # 3 % 2 != 0: fused pass
+    split = _step_gradient(cfg.replace(nsr_every=1), k=3)  # measuring step: two passes
+    assert fused["G"] is None and split["G"] is not None
+    assert (fused["g"] - split["g"]).norm() <= 1e-5 * split["g"].norm()  # float32 rounding
+    torch.testing.assert_close(fused["loss_sum"], split["loss_sum"], rtol=1e-6, atol=0)
 
 
 def test_sgd_half_batch_measurement_does_not_change_the_update():
-    plain = train(smoke(nsr_every=10**6), progress=False).history
-    halves = train(smoke(nsr_every=1), progress=False).history
-    np.testing.assert_allclose(plain["R"], halves["R"], rtol=1e-4)
-    assert halves["nsr_count"].sum() == smoke().total_steps
+    cfg = smoke()
+    plain = _step_gradient(cfg.replace(nsr_every=2), k=3)
+    halves = _step_gradient(cfg.replace(nsr_every=1), k=3)
+    assert (plain["g"] - halves["g"]).norm() <= 1e-5 * plain["g"].norm()
+    h = train(cfg, progress=False).history
+    assert h["nsr_count"].sum() == cfg.total_steps
 
 
 def test_bn_extra_batch_leaves_the_trajectory_unchanged():

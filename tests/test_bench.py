@@ -1,0 +1,88 @@
+"""`make bench` machinery and the accelerator options of RunConfig.
+
+No timing assertions here: speed is measured by `python -m paperlib.bench` (as ratios) and
+recorded in BENCHMARKS.md. These tests only check that the quick benchmark yields every row with a
+finite value, and that channels_last / tf32 / compile / bf16 validate and run on the CPU.
+"""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from paperlib import bench
+from paperlib.__main__ import main as cli
+from paperlib.config import preset
+from paperlib.train import train
+
+# Rows per item of the quick CPU profile: item 1 has an A/A control, a fused and a measuring row
+# per GN / unnormalized net and one BN row; item 2 the NGD/GD ratio, three memory rows and their
+# growth; item 3 two GN overheads, one BN overhead and the authors' estimator at two batch sizes.
+ROWS_PER_ITEM = {"1": 8, "2": 5, "3": 5, "4": 3, "5": 1}
+
+
+def test_quick_bench_yields_every_row_with_finite_values(tmp_path):
+    md, js = tmp_path / "BENCH.md", tmp_path / "bench.json"
+    assert bench.main(["--quick", "--device", "cpu", "--out", str(md), "--json", str(js)]) == 0
+    result = json.loads(js.read_text())
+    rows = [bench.Row(**r) for r in result["rows"]]
+    counts = pd.Series([r.item for r in rows]).value_counts().to_dict()
+    assert counts == ROWS_PER_ITEM
+    for r in rows:
+        if r.item != "5":  # item 5 reads figures/timings.json, which may not exist yet
+            assert r.value is not None and math.isfinite(r.value), r
+        assert (r.ok is None) == (not r.target), r  # every target has a verdict
+    assert {"date", "cpu", "cores", "torch", "device"} <= result["meta"].keys()
+    text = md.read_text()
+    assert text.count("<!-- bench:cpu-quick start -->") == 1
+    table_lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table_lines) == len(rows) + 2  # header, rule, one line per row
+    bench.update_section(md, "cpu-quick", "replaced")  # the section is replaced, not appended
+    assert md.read_text().count("bench:cpu-quick start") == 1 and "replaced" in md.read_text()
+
+
+def test_figure_timings_are_read_when_present(tmp_path):
+    missing = bench.bench_figures(tmp_path / "timings.json")
+    assert len(missing) == 1 and missing[0].value is None
+    assert "not measured yet" in bench.table(missing)
+    (tmp_path / "timings.json").write_text(json.dumps({"fig1": 12.5, "fig4_svag": 30.0}))
+    rows = bench.bench_figures(tmp_path / "timings.json")
+    assert [r.value for r in rows] == [12.5, 30.0, 42.5]
+
+
+def smoke(**kw):
+    return preset("smoke", dataset="synthetic", device="cpu", **kw)
+
+
+@pytest.mark.parametrize("name", ["channels_last", "tf32", "compile", "bf16"])
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_accelerator_options_must_be_bools(name, bad):
+    with pytest.raises(ValueError, match=f"{name}="):
+        smoke(**{name: bad})
+
+
+def test_accelerator_option_flags_on_the_cli(capsys):
+    with pytest.raises(SystemExit):
+        cli(["train", "--preset", "smoke", "--channels-last", "maybe"])
+    assert "not a boolean" in capsys.readouterr().err
+
+
+def test_cpu_defaults_and_tf32_leave_training_unchanged():
+    """TF32 only exists on CUDA: on the CPU tf32=False must give the bitwise same run."""
+    a = train(smoke(), progress=False).history
+    b = train(smoke(tf32=False), progress=False).history
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+@pytest.mark.parametrize("norm", ["gn", "bn"])
+def test_channels_last_and_bf16_smoke_runs_on_cpu(norm):
+    ref = train(smoke(norm=norm), progress=False).history
+    cl = train(smoke(norm=norm, channels_last=True), progress=False)
+    assert cl.status == "complete"
+    # Same arithmetic in another memory layout: equal up to float summation order.
+    np.testing.assert_allclose(cl.history["R"], ref["R"], rtol=1e-4)
+    bf = train(smoke(norm=norm, bf16=True, channels_last=True), progress=False)
+    assert bf.status == "complete"
+    assert np.isfinite(bf.history[["train_loss", "R", "grad_sq"]].to_numpy()).all()

@@ -1,0 +1,64 @@
+"""Sweeps: the executor is pluggable, stored results are reused, and under test (PAPERLIB_NO_TRAIN)
+a missing result fails fast naming the run instead of training."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from paperlib import experiments
+from paperlib.claims import check, claims_table
+from paperlib.config import preset
+from paperlib.store import StaleResultError, load_result
+
+
+def configs():
+    base = preset("smoke", dataset="synthetic", device="cpu")
+    return [base.replace(seed=s) for s in (0, 1)]
+
+
+def test_run_all_with_a_pluggable_executor_then_from_the_store(tmp_path, monkeypatch):
+    with ThreadPoolExecutor(2) as pool:
+        first = experiments.run_all(configs(), root=tmp_path, executor=pool)
+    assert [r.status for r in first] == ["complete", "complete"]
+    monkeypatch.setenv("PAPERLIB_NO_TRAIN", "1")  # now only the store may answer
+    again = experiments.run_all(configs(), root=tmp_path)
+    df = experiments.tidy(again)
+    assert set(df["seed"]) == {0, 1} and len(df) == sum(len(r.history) for r in first)
+    final = experiments.final_test_acc(df)
+    assert np.isfinite(final["final_test_acc"]).all()
+
+
+def test_missing_results_fail_fast_under_test(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPERLIB_NO_TRAIN", "1")
+    with pytest.raises(StaleResultError, match="make figures") as e:
+        experiments.run_all(configs(), root=tmp_path)
+    assert "seed 1" in str(e.value)
+    assert not any(tmp_path.iterdir())  # nothing trained or written
+
+
+def test_a_complete_result_loads_without_its_gitignored_checkpoint(tmp_path):
+    (r,) = experiments.run_all(configs()[:1], root=tmp_path, workers=1)
+    (r.path / "checkpoint.pt").unlink()
+    assert load_result(r.config, tmp_path) is not None
+
+
+def test_claims_are_computed_and_nan_fails():
+    rows = [check("a", "p", 1.0, "<=", 2.0), check("b", "p", float("nan"), "<=", 2.0),
+            check("c", "p", 3.0, ">", 3.0)]
+    table = claims_table(rows)
+    assert list(table["verdict"]) == ["PASS", "FAIL", "FAIL"]
+    with pytest.raises(ValueError, match="op="):
+        check("d", "p", 1.0, "==", 1.0)
+
+
+def test_figure_configs_follow_the_paper_at_paper_preset():
+    fig3 = experiments.fig3_configs("paper")
+    assert [c.batch_size for c in fig3][:3] == [2, 4, 8]
+    assert all(abs(c.lr - 0.8 * c.batch_size / 128) < 1e-12 for c in fig3)
+    assert all(c.arch == "preresnet32" and c.epochs == 300 for c in fig3)
+    fig4 = experiments.fig4_configs("paper", ls=(1, 32))
+    assert {(c.batch_size, c.lr) for c in fig4} == {(128, 0.8), (1024, 6.4)}
+    assert max(c.total_steps for c in fig4) == 32 * max(c.base_steps for c in fig4)
+    with pytest.raises(ValueError, match="preset='huge'"):
+        experiments.fig1_configs("huge")
