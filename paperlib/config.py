@@ -208,8 +208,6 @@ def validate(c: RunConfig) -> None:
             f"norm='bn' is not allowed with algo={c.algo!r}: the full-data pass needs per-example "
             "gradients that do not depend on the batch; use norm 'gn' or 'none'"
         )
-    if c.algo in ("ngd", "gd") and c.arch.startswith("resnet") and c.norm == "bn":
-        raise ValueError(f"arch={c.arch!r} with BN is not allowed with algo={c.algo!r}")
     if c.steps is None and c.epochs is None:
         raise ValueError("set one of epochs or steps (training length)")
     if c.steps is not None and (not isinstance(c.steps, int) or c.steps < 1):

@@ -194,8 +194,7 @@ def run(
 
     result = train(config, resume=resume, on_checkpoint=save_checkpoint, progress=progress,
                    step_callback=step_callback)
-    atomic_write_bytes(d / "history.csv", history_to_csv(result.history))
-    save_checkpoint(result.state)
+    save_checkpoint(result.state)  # the final checkpoint and the full history.csv
     manifest = _write_manifest(d, result.status, {
         "step": result.state["step"],
         "diverged_step": result.diverged_step,
