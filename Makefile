@@ -5,6 +5,7 @@
 #   CIFAR10=/path/to/cifar10-jpeg.tar.gz  offline CIFAR-10 (ImageFolder tree, .tar.gz of one, or
 #                                          cifar-10-batches-py); exported as CIFAR10_PATH
 #   PRESET=cpu                             smoke | cpu | paper (make figures)
+#   ONLY=fig1,figA-svag-cosine             make figures: only these figure ids (default: all)
 #   PYTHON=python3                         interpreter used to create .venv
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ STAMP := $(VENV)/.installed
 export CIFAR10_PATH := $(CIFAR10)
 export PYTHONHASHSEED := 0
 
-NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb notebooks/appendix/*.ipynb))
 
 .PHONY: setup test lint pytest nbval figures bench clean
 
@@ -46,7 +47,7 @@ endif
 test: lint pytest nbval
 
 figures: setup
-	$(BIN)/python -m paperlib figures --preset $(PRESET)
+	$(BIN)/python -m paperlib figures --preset $(PRESET) $(if $(ONLY),--only $(ONLY))
 
 bench: setup
 	$(BIN)/python -m paperlib.bench

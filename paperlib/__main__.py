@@ -75,9 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run_dir", type=Path, help="a run folder of the store (data/runs/<id>)")
     q.add_argument("--C", type=float, default=2 ** 0.5, help="closeness constant C (default √2)")
 
-    fgs = sub.add_parser("figures", help="execute every figure notebook with papermill")
+    fgs = sub.add_parser("figures", help="execute every figure notebook with papermill",
+                         description="Execute the notebook of each paper figure (the registry "
+                                     "paperlib.notebooks.FIGURES) with its parameters.")
     fgs.add_argument("--preset", default="cpu", help=f"{' | '.join(PRESETS)} (default cpu)")
-    fgs.add_argument("--only", default=None, help="comma-separated notebook names")
+    fgs.add_argument("--only", default=None,
+                     help="comma-separated figure ids (fig1, figA-svag-cosine, ...) or main "
+                          "notebook names (fig3_lsr)")
     return p
 
 

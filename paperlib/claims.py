@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -42,3 +43,13 @@ def claims_table(claims: list[Claim]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["claim", "paper", "measured", "threshold", "verdict", "seeds"])
     df["measured"] = df["measured"].map(lambda v: f"{v:.4g}")
     return df
+
+
+def save_claims(table: pd.DataFrame, fig_id: str, fig_dir: str | Path) -> Path:
+    """``<fig_dir>/<fig_id>.claims.csv`` (atomic): the README's claims table is built from these."""
+    from .store import atomic_write_bytes
+
+    path = Path(fig_dir) / f"{fig_id}.claims.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, table.to_csv(index=False).encode())
+    return path

@@ -62,6 +62,7 @@ class RunConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     log_every: int = 100  # base steps per history row (train metrics and G, N averaged over it)
     eval_every: int = 1000  # base steps between test evaluations (a multiple of log_every)
+    eval_from: float = 0.0  # evaluate only from this fraction of training on (the end always)
     nsr_every: int = 1  # measure the online G/N estimate at every k-th step (1 = every step)
     nsr_extra_every: int = 4  # BN nets under SGD: one extra independent batch every k steps
     chunk_size: int = 1000  # examples per forward pass of the full-data (GD/NGD) gradient
@@ -228,6 +229,8 @@ def validate(c: RunConfig) -> None:
         ms = getattr(c, name)
         if any(m < 0 for m in ms) or list(ms) != sorted(ms):
             raise ValueError(f"{name}={ms!r} is not allowed; use non-negative sorted values")
+    if not 0 <= c.eval_from <= 1:
+        raise ValueError(f"eval_from={c.eval_from!r} is not allowed; use a fraction in [0, 1]")
     if not 0 <= c.final_lr_factor <= 1:
         raise ValueError(f"final_lr_factor={c.final_lr_factor!r} is not allowed; use [0, 1]")
     if not c.gamma >= 0 or not c.wd_gamma >= 0:

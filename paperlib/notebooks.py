@@ -1,16 +1,225 @@
-"""Execute the figure notebooks with papermill (``make figures``)."""
+"""Which notebook, with which parameters, makes which paper figure; and executing them
+(``make figures``).
+
+A paper figure is a (notebook, parameters) pair with an id: ``figures/<id>.pdf|png``. The main
+figures run their notebook in place (``notebooks/fig1.ipynb``); the appendix variants run the same
+notebook with other parameters into ``notebooks/appendix/<id>.ipynb``. Parameters can differ by
+preset: ``params`` hold at every preset, ``scaled`` replaces some of them at ``cpu`` and ``smoke``
+(the 2-core version of the same panel). ``scaled=None`` marks a figure whose smallest honest
+version does not fit the 2-core budget: it runs at ``paper`` only and ``note`` says why.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+APPENDIX_DIR = NOTEBOOK_DIR / "appendix"
+FIGURE_DIR = NOTEBOOK_DIR.parent / "figures"
 
+
+@dataclass(frozen=True)
+class Figure:
+    id: str  # figures/<id>.pdf and .png
+    notebook: str  # source notebook, notebooks/<notebook>.ipynb
+    paper: str  # the figure of the paper it reproduces
+    params: dict = field(default_factory=dict)  # papermill parameters at every preset
+    scaled: dict | None = field(default_factory=dict)  # replaced at cpu / smoke; None: paper only
+    note: str = ""  # what the cpu version changes, or why it does not run at cpu
+
+    @property
+    def appendix(self) -> bool:
+        return self.id not in MAIN_IDS
+
+    @property
+    def output(self) -> Path:
+        """The executed notebook that is committed."""
+        if self.appendix:
+            return APPENDIX_DIR / f"{self.id}.ipynb"
+        return NOTEBOOK_DIR / f"{self.notebook}.ipynb"
+
+    def runs_at(self, preset: str) -> bool:
+        return preset == "paper" or self.scaled is not None
+
+    def parameters(self, preset: str) -> dict:
+        """Papermill parameters of this figure at ``preset`` (PRESET and FIG_ID included)."""
+        p = {"PRESET": preset, **self.params}
+        if preset != "paper":
+            p.update(self.scaled or {})
+        if self.appendix:
+            p.update(FIG_ID=self.id, FIG_DIR="../../figures")
+        return p
+
+
+MAIN_IDS = ("fig1", "fig3", "fig4", "figA-sampling", "theory-sde", "theory-noise")  # in place
+
+FIGURES: tuple[Figure, ...] = (
+    Figure("fig1", "fig1", "Fig 1: SGD vs NGD vs GD"),
+    Figure("fig3", "fig3_lsr", "Fig 3: predicting the failure of the LSR"),
+    Figure("fig3b", "fig3_lsr", "Fig 3, second panel: PreResNet-32 GN",
+           params={"NORM": "gn"}, scaled=None,
+           note="paper only: at cpu Fig 3's panel is already GN; the BN convnet costs 1.8× its "
+                "step time (≈ 25 core-minutes per seed), which the 90-minute budget does not "
+                "leave"),
+    Figure("fig3c", "fig3_lsr", "Fig 3, third panel: VGG-19 GN",
+           params={"ARCH": "vgg19", "NORM": "gn"}, scaled=None,
+           note="paper only: at cpu a VGG-19 sweep costs many times the convnet's (a "
+                "quarter-width VGG-16 already measured 5× the convnet's step time at 8×8)"),
+    Figure("fig4", "fig4_svag", "Fig 4: SVAG converges"),
+    Figure("figA-sampling", "sampling", "App.: sampling schemes"),
+    Figure("theory-sde", "theory-sde", "Lemma 4.7, Thm 4.3, App. B.1 (theory-lemma47, "
+           "theory-weak-ou, theory-weak-double-well, theory-lsr)"),
+    Figure("theory-noise", "theory-noise", "Eqs. 10-12, Thm 5.2, App. B.3 "
+           "(theory-equilibrium, theory-tail-index)"),
+    # --- NGD (App. F.3): Fig 1 repeated -----------------------------------------------------
+    Figure("figA-ngd-small-batch", "fig1", "App. F.3: NGD with a smaller batch size",
+           params={"BATCH_SIZE": 64, "SEEDS": [0], "GAP_BATCH_SIZES": []},
+           scaled={"BATCH_SIZE": 8, "SEEDS": [0, 1]},
+           note="paper: B = 64 (our choice; our copy of the paper omits the appendix's value); "
+                "cpu: B = 8, half the main figure's; GD does not depend on B and is shared "
+                "with fig1"),
+    Figure("figA-ngd-wide", "fig1", "App. F.3: NGD with a 4x wide PreResNet-32 GN",
+           params={"WIDTH": 4.0, "SEEDS": [0], "GAP_BATCH_SIZES": []}, scaled=None,
+           note="paper only: at cpu even width 2 makes each GD / NGD run ≈ 16 core-minutes "
+                "(235 ms per full-data step × 4000 steps), beyond the 90-minute budget"),
+    # --- further LSR verification (App. F): Fig 3's sweep on other nets -------------------
+    Figure("figA-lsr-resnet32", "fig3_lsr", "App. F: LSR on ResNet-32 BN (not scale-invariant)",
+           params={"ARCH": "resnet32", "NORM": "bn", "SEEDS": [0]},
+           scaled={"ARCH": "resnet8", "WIDTH": 1.0},
+           note="cpu: ResNet-8 (the same post-activation recipe, 16/32/64 channels), one seed"),
+    Figure("figA-lsr-4x-bn", "fig3_lsr", "App. F: LSR on PreResNet-32 4x BN",
+           params={"WIDTH": 4.0, "NORM": "bn", "SEEDS": [0]}, scaled=None,
+           note="paper only: at cpu the 4x convnet (width 8) costs ≈ 2.8× (GN) to 5× (BN) "
+                "the main sweep per seed, ≈ 35-60 core-minutes"),
+    Figure("figA-lsr-4x-gn", "fig3_lsr", "App. F: LSR on PreResNet-32 4x GN",
+           params={"WIDTH": 4.0, "NORM": "gn", "SEEDS": [0]}, scaled=None,
+           note="paper only: see figA-lsr-4x-bn"),
+    # --- SVAG groups (App. F): Fig 4 on other settings ------------------------------------
+    Figure("figA-svag-baselines", "fig4_svag", "App. F: SVAG baselines (the other norm)",
+           params={"NORM": "gn", "SEEDS": [0]}, scaled={"NORM": "bn"},
+           note="Fig 4 uses BN at paper and GN at cpu; this group shows the other one, "
+                "small and large batch, one seed"),
+    Figure("figA-svag-4x", "fig4_svag", "App. F: SVAG on a 4x wide PreResNet-32 BN",
+           params={"WIDTH": 4.0, "SEEDS": [0], "PANELS": [[128, 0.8]]},
+           scaled={"WIDTH": 2.0, "PANELS": [[16, 0.4]]},
+           note="cpu: the convnet at width 2 (2× the main figure's), small batch, one seed"),
+    Figure("figA-svag-vgg16-bn", "fig4_svag", "App. F: SVAG on VGG-16 BN",
+           params={"ARCH": "vgg16", "NORM": "bn", "SEEDS": [0], "PANELS": [[128, 0.8]]},
+           scaled=None,
+           note="paper only: at cpu even a quarter-width VGG-16 is 5× the convnet, ≈ 30 "
+                "core-minutes for one panel and seed"),
+    Figure("figA-svag-vgg16-gn", "fig4_svag", "App. F: SVAG on VGG-16 GN",
+           params={"ARCH": "vgg16", "NORM": "gn", "SEEDS": [0], "PANELS": [[128, 0.8]]},
+           scaled=None, note="paper only: see figA-svag-vgg16-bn"),
+    Figure("figA-svag-no-norm", "fig4_svag", "App. F: SVAG on an unnormalized VGG (η = 0.01)",
+           params={"ARCH": "vgg16", "NORM": "none", "SEEDS": [0], "PANELS": [[128, 0.01]]},
+           scaled={"ARCH": "convnet", "PANELS": [[16, 0.05]]},
+           note="cpu: the convnet without normalization at B = 16"),
+    Figure("figA-svag-triangle", "fig4_svag", "App. F: SVAG with the triangle LR schedule",
+           params={"SCHEDULE": "triangle", "SEEDS": [0]},
+           note="two cycles over the whole run; every knot stretches with l"),
+    Figure("figA-svag-cosine", "fig4_svag", "App. F: SVAG with the cosine LR schedule",
+           params={"SCHEDULE": "cosine", "SEEDS": [0]}, note="η → η/800 over the run"),
+)
+
+
+def describe(fig_id: str, preset: str) -> str:
+    """One paragraph for the top of an executed notebook: what figure this is, at which preset,
+    with which registry parameters and what they change."""
+    f = {f.id: f for f in FIGURES}.get(fig_id)
+    if f is None:
+        return f"{fig_id}: not in the registry (custom parameters), preset {preset}"
+    params = {k: v for k, v in f.parameters(preset).items()
+              if k not in ("PRESET", "FIG_ID", "FIG_DIR")}
+    text = f"{f.id} — {f.paper}; preset {preset}"
+    if params:
+        text += "; parameters " + ", ".join(f"{k}={v!r}" for k, v in params.items())
+    return text + (f". {f.note}" if f.note else "")
+
+
+def _fmt_params(p: dict) -> str:
+    p = {k: v for k, v in p.items() if k not in ("PRESET", "FIG_ID", "FIG_DIR")}
+    return ", ".join(f"`{k}={json.dumps(v)}`" for k, v in p.items()) or "defaults"
+
+
+def figure_table(preset: str = "cpu", timings: Path | None = None) -> str:
+    """The README's table: paper figure → id → notebook → parameters → measured wall time."""
+    path = timings or FIGURE_DIR / "timings.json"
+    measured = json.loads(path.read_text()).get(preset, {}) if path.exists() else {}
+    lines = [f"| paper figure | id (`figures/<id>.*`) | notebook → executed copy | parameters "
+             f"at `{preset}` | parameters at `paper` | wall time at `{preset}` (2 cores) |",
+             "|---|---|---|---|---|---|"]
+    for f in FIGURES:
+        nb = f"`{f.notebook}.ipynb`"
+        if f.appendix:
+            nb += f" → `appendix/{f.id}.ipynb`"
+        if not f.runs_at(preset):
+            here, wall = "paper only", f.note.removeprefix("paper only: ")
+        else:
+            here = _fmt_params(f.parameters(preset))
+            e = measured.get(f.id)
+            if not isinstance(e, dict):
+                wall = "not measured"
+            elif "wall_s_with_training" in e:
+                wall = (f"{e['wall_s_with_training'] / 60:.1f} min from scratch, "
+                        f"{e['wall_s']:.0f} s re-plot")
+            else:
+                wall = f"{e['wall_s']:.0f} s (runs were stored)"
+        lines.append(f"| {f.paper} | `{f.id}` | {nb} | {here} | "
+                     f"{_fmt_params(f.parameters('paper'))} | {wall} |")
+    return "\n".join(lines)
+
+
+def claims_markdown(fig_dir: Path | None = None) -> str:
+    """The README's claims table, from the ``figures/<id>.claims.csv`` the notebooks write."""
+    import pandas as pd
+
+    fig_dir = fig_dir or FIGURE_DIR
+    lines = ["| figure | claim | paper | measured | threshold | verdict | seeds / sample |",
+             "|---|---|---|---|---|---|---|"]
+    for f in FIGURES:
+        path = fig_dir / f"{f.id}.claims.csv"
+        if not path.exists():
+            continue
+        for r in pd.read_csv(path, dtype=str, keep_default_na=False).itertuples():
+            cells = [f"`{f.id}`", r.claim, r.paper, r.measured, r.threshold,
+                     f"**{r.verdict}**", r.seeds]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+README = NOTEBOOK_DIR.parent / "README.md"
+
+
+def sync_readme(readme: Path = README, preset: str = "cpu") -> None:
+    """Write the figure table and the claims table into the README (``make figures`` does)."""
+    from .docs import update_section
+
+    update_section(readme, "table", figure_table(preset), prefix="figures")
+    update_section(readme, "claims", claims_markdown(), prefix="figures")
+
+
+def figure_ids() -> list[str]:
+    return [f.id for f in FIGURES]
+
+
+def select(only: list[str] | None = None) -> list[Figure]:
+    """Figures by id (or by notebook name for the main ones, e.g. ``fig3_lsr``)."""
+    if not only:
+        return list(FIGURES)
+    by_name = {f.id: f for f in FIGURES} | {f.notebook: f for f in FIGURES if not f.appendix}
+    unknown = [n for n in only if n not in by_name]
+    if unknown:
+        raise ValueError(f"figure(s) {unknown} not found; available: {figure_ids()}")
+    ids = list(dict.fromkeys(by_name[n].id for n in only))
+    return [f for f in FIGURES if f.id in ids]
 
 
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
+    """The source notebooks (each runs at smoke in the tests)."""
     paths = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
     if only:
         names = {p.stem for p in paths}
@@ -22,32 +231,60 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
 
 
 def execute_all(preset: str = "cpu", only: list[str] | None = None) -> dict[str, float]:
-    """Run each notebook in place with ``PRESET=preset``; return wall seconds per notebook."""
+    """Execute each figure's notebook with its parameters at ``preset``; return wall seconds
+    per figure id. Figures that do not run at ``preset`` are listed with the reason."""
     import papermill as pm
 
     from .constants import PRESETS
 
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is not allowed; choose one of {list(PRESETS)}")
+    figures = select(only)
+    skipped = [f for f in figures if not f.runs_at(preset)]
+    figures = [f for f in figures if f.runs_at(preset)]
+    print(f"executing {len(figures)} figure notebook(s) at preset {preset!r}")
+    for f in skipped:
+        print(f"  skipped {f.id} ({f.note})")
     times = {}
-    paths = notebook_paths(only)
-    print(f"executing {len(paths)} notebook(s) at preset {preset!r}")
-    for path in paths:
+    for f in figures:
+        f.output.parent.mkdir(parents=True, exist_ok=True)
+        before = _stored_results()
         t0 = time.time()
-        pm.execute_notebook(str(path), str(path), parameters={"PRESET": preset},
-                            cwd=str(path.parent), progress_bar=False)
-        times[path.stem] = time.time() - t0
-        print(f"{path.name}: {times[path.stem]:.0f} s", flush=True)
-        _record_timing(path.stem, preset, times[path.stem])
+        pm.execute_notebook(str(NOTEBOOK_DIR / f"{f.notebook}.ipynb"), str(f.output),
+                            parameters=f.parameters(preset), cwd=str(f.output.parent),
+                            progress_bar=False)
+        times[f.id] = time.time() - t0
+        computed = _stored_results() - before
+        print(f"{f.id} ({f.output.relative_to(NOTEBOOK_DIR.parent)}): {times[f.id]:.0f} s, "
+              f"{computed} result(s) computed", flush=True)
+        record_timing(f.id, preset, times[f.id], computed)
+    if preset == "cpu":
+        sync_readme()
     return times
 
 
-def _record_timing(name: str, preset: str, seconds: float) -> None:
-    """figures/timings.json: wall seconds of the last `make figures` per (preset, notebook).
-    A rerun that finds its results in the store records the re-plot time, not the training."""
+def _stored_results() -> int:
+    """Training runs in the store plus cached theory experiments."""
+    from .paths import data_root
+
+    root = data_root()
+    return (sum(1 for _ in root.glob("runs/*/manifest.json"))
+            + sum(1 for _ in root.glob("theory/*.json")))
+
+
+def record_timing(fig_id: str, preset: str, seconds: float, computed: int,
+                  path: Path | None = None) -> None:
+    """figures/timings.json, {preset: {id: entry}}: ``wall_s`` and ``results_computed`` of the
+    last execution, and ``wall_s_with_training`` of the last execution that computed results
+    (trained runs; a re-plot from the store does not overwrite it)."""
     from .store import atomic_write_bytes
 
-    path = NOTEBOOK_DIR.parent / "figures" / "timings.json"
+    path = path or FIGURE_DIR / "timings.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    data.setdefault(preset, {})[name] = round(seconds, 1)
+    entry = data.setdefault(preset, {}).get(fig_id)
+    entry = entry if isinstance(entry, dict) else {}
+    entry.update(wall_s=round(seconds, 1), results_computed=computed)
+    if computed:
+        entry["wall_s_with_training"] = round(seconds, 1)
+    data[preset][fig_id] = entry
     atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())

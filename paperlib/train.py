@@ -293,7 +293,7 @@ def build(config: RunConfig, device: torch.device):
     sampler = Sampler(config.sampler, n, config.batch_size * (2 if svag else 1), config.seed)
     coupled = has_batch_coupling(model)
     extra = None
-    if coupled and config.algo == "sgd":
+    if coupled and config.algo in ("sgd", "svag") and not svag:  # SVAG with l = 1 is SGD
         kind = "replacement" if config.sampler == "replacement" else "iid"
         extra = Sampler(kind, n, config.batch_size,
                         seeding.derive_seed(config.seed, seeding.STREAM_EXTRA) % (1 << 62))
@@ -352,6 +352,7 @@ def train(
     log_every, total = config.actual_log_every, config.total_steps
     ckpt_every = int(round(config.checkpoint_every * l))
     eval_every = int(round(config.eval_every * l))
+    eval_start = config.eval_from * total  # test evaluations cost; some figures need only the end
     acc = _Window(device)
     diverged_step = None
     bar = tqdm(total=total, initial=start, disable=not progress, mininterval=1.0,
@@ -382,7 +383,8 @@ def train(
         bad = window.pop("first_bad")
         if bad is None and not torch.isfinite(torch.tensor(R)):
             bad = k
-        evaluate_now = (step % eval_every == 0 or step == total) and bad is None
+        evaluate_now = bad is None and (
+            step == total or (step % eval_every == 0 and step >= eval_start))
         test_loss, test_acc = evaluate(model, ctx.data) if evaluate_now else (float("nan"),) * 2
         rows["step"].append(step)
         rows["effective_step"].append(step / l)

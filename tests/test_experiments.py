@@ -62,3 +62,21 @@ def test_figure_configs_follow_the_paper_at_paper_preset():
     assert max(c.total_steps for c in fig4) == 32 * max(c.base_steps for c in fig4)
     with pytest.raises(ValueError, match="preset='huge'"):
         experiments.fig1_configs("huge")
+
+
+def test_eq11_is_claimed_only_for_scale_invariant_nets(tmp_path):
+    """Eq. (11) rests on ⟨x, ∇L⟩ = 0: a ResNet control or an unnormalized net gets no row."""
+    base = preset("smoke", dataset="synthetic", device="cpu")
+    for cfg, rows in ((base, 1), (base.replace(arch="resnet8", norm="bn"), 0),
+                      (base.replace(norm="none"), 0)):
+        results = experiments.run_all([cfg], root=tmp_path, workers=1)
+        claims = experiments.eq11_claims(experiments.tidy(results), results)
+        assert len(claims) == rows, cfg.summary()
+
+
+def test_gd_runs_are_shared_across_batch_sizes():
+    main = experiments.fig1_configs("cpu", gap_batch_sizes=())
+    small = experiments.fig1_configs("cpu", batch_size=8, gap_batch_sizes=())
+    gd = {c for c in main if c.algo == "gd"}
+    assert gd and gd == {c for c in small if c.algo == "gd"}
+    assert {c.batch_size for c in small if c.algo != "gd"} == {8}

@@ -39,3 +39,6 @@ def test_notebook_runs_at_smoke_and_writes_its_figures(path, tmp_path, monkeypat
     assert written, "the notebook wrote no figure"
     for fig_id in _fig_ids(path):
         assert f"{fig_id}.pdf" in written and f"{fig_id}.png" in written
+        assert f"{fig_id}.claims.csv" in written  # the README's claims table reads these
+    if not _fig_ids(path):  # theory notebooks: several figures, one claims file
+        assert f"{path.stem}.claims.csv" in written

@@ -19,3 +19,12 @@ def test_readme_snippet_runs(capsys):
               for line in out.splitlines()[1:]}
     assert all(v <= 1e-5 for k, v in errors.items() if not k.startswith("resnet"))
     assert errors["resnet32 bn"] > 1e-3
+
+
+def test_readme_figure_and_claims_tables_are_the_generated_ones():
+    """`make figures` writes both tables into the README; a stale copy fails here."""
+    from paperlib.docs import read_section
+    from paperlib.notebooks import claims_markdown, figure_table
+
+    assert read_section(README, "table", prefix="figures") == figure_table()
+    assert read_section(README, "claims", prefix="figures") == claims_markdown()

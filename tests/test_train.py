@@ -45,10 +45,13 @@ def test_each_algorithm_runs_and_records(algo):
         assert h["G"].isna().all()  # NGD's gradient carries noise; G is not separable for free
 
 
-def test_svag_l1_is_sgd_bitwise():
-    a = train(smoke(algo="sgd"), progress=False)
-    b = train(smoke(algo="svag", l=1), progress=False)
+@pytest.mark.parametrize("norm", ["gn", "bn"])
+def test_svag_l1_is_sgd_bitwise(norm):
+    """Including the G/N measurement (BN: the extra independent batch)."""
+    a = train(smoke(algo="sgd", norm=norm), progress=False)
+    b = train(smoke(algo="svag", l=1, norm=norm), progress=False)
     assert_same_history(a.history, b.history)
+    assert b.history["G"].notna().any()
     for k, v in a.state["model"].items():
         assert torch.equal(v, b.state["model"][k])
 
@@ -240,3 +243,15 @@ def test_cli_train_and_predict_lsr(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "predicted largest safe batch size" in out and "Thm 5.6" in out
     assert main(["predict-lsr", str(tmp_path)]) == 2
+
+
+def test_eval_from_skips_early_evaluations_and_keeps_the_last():
+    cfg = smoke(steps=40, log_every=5, eval_every=5, eval_from=0.75)
+    h = train(cfg, progress=False).history
+    evaluated = h.loc[h["test_acc"].notna(), "step"].tolist()
+    assert evaluated == [30, 35, 40]  # from 0.75 × 40 on, and always at the end
+
+
+def test_eval_from_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="eval_from=1.5"):
+        smoke(eval_from=1.5)
