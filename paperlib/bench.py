@@ -569,7 +569,7 @@ def bench_figures(path: Path = TIMINGS_JSON) -> list[Row]:
     if not path.is_file():
         return [Row("5", "`make figures` wall time", "cpu preset", None, "s",
                     note=f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path} absent")]
-    # {preset: {figure id: {wall_s, runs_trained, wall_s_with_training}}}, written by
+    # {preset: {figure id: {wall_s, results_computed, wall_s_with_training}}}, written by
     # paperlib.notebooks.execute_all (`make figures`).
     by_preset = json.loads(path.read_text())
     rows = []

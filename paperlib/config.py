@@ -100,6 +100,12 @@ class RunConfig:
         return int(round(self.base_steps * self.l_eff))
 
     @property
+    def update_rule(self) -> str:
+        """The update actually computed: SVAG with l = 1 is exactly SGD (eq. 5, c1 = 1, c2 = 0),
+        so it runs as SGD (one batch of B, SGD's G/N measurement)."""
+        return "sgd" if self.algo == "svag" and self.l == 1 else self.algo
+
+    @property
     def l_eff(self) -> float:
         return self.l if self.algo == "svag" else 1.0
 
@@ -191,7 +197,7 @@ def validate(c: RunConfig) -> None:
             f"batch_size={c.batch_size!r} is not allowed; B must be an integer in "
             f"[1, N={c.train_size}]"
         )
-    if c.algo == "svag" and c.l > 1 and 2 * c.batch_size > c.train_size:
+    if c.update_rule == "svag" and 2 * c.batch_size > c.train_size:
         raise ValueError(
             f"batch_size={c.batch_size} is not allowed for SVAG; it draws two batches, so "
             f"2B must be ≤ N={c.train_size}"

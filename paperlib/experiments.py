@@ -44,9 +44,7 @@ def _run_one(config: RunConfig, root: str | None) -> str:
 def _cost(config: RunConfig) -> float:
     """Sample-gradients the run computes (for ordering and for the compute estimate)."""
     per_step = {"sgd": config.batch_size, "svag": 2 * config.batch_size}.get(
-        config.algo, config.train_size)
-    if config.algo == "svag" and config.l == 1:
-        per_step = config.batch_size
+        config.update_rule, config.train_size)
     return float(config.total_steps * per_step)
 
 
@@ -125,6 +123,12 @@ def run_all(
     results = [load_result(c, root) for c in unique]
     by_config = dict(zip(unique, results, strict=True))
     return [by_config[c] for c in configs]
+
+
+def sweep(configs: list[RunConfig], **run_all_kw) -> tuple[pd.DataFrame, list[RunResult]]:
+    """``run_all`` then ``tidy``: what each figure function returns to its notebook."""
+    results = run_all(configs, **run_all_kw)
+    return tidy(results), results
 
 
 def overrides(**kw) -> dict:
@@ -242,9 +246,7 @@ def fig1_configs(preset_name: str = "cpu", seeds=(0, 1), gap_batch_sizes=(16, 32
 
 
 def fig1(preset_name: str = "cpu", *, root=None, workers=None, **kw) -> tuple[pd.DataFrame, list]:
-    configs = fig1_configs(preset_name, **kw)
-    results = run_all(configs, root=root, workers=workers)
-    return tidy(results), results
+    return sweep(fig1_configs(preset_name, **kw), root=root, workers=workers)
 
 
 def fig1_claims(df: pd.DataFrame, results: list[RunResult], main_batch: int) -> list[Claim]:
@@ -342,9 +344,7 @@ def fig3_configs(preset_name: str = "cpu", batch_sizes=None, seeds=(0,), base_ba
 
 
 def fig3(preset_name: str = "cpu", *, root=None, workers=None, **kw):
-    configs = fig3_configs(preset_name, **kw)
-    results = run_all(configs, root=root, workers=workers)
-    return tidy(results), results
+    return sweep(fig3_configs(preset_name, **kw), root=root, workers=workers)
 
 
 def fig3_summary(df: pd.DataFrame, results: list[RunResult], C: float = 2 ** 0.5,
@@ -425,9 +425,7 @@ def fig4_configs(preset_name: str = "cpu", ls=(1, 2, 4, 8), seeds=(0, 1), panels
 
 
 def fig4(preset_name: str = "cpu", *, root=None, workers=None, **kw):
-    configs = fig4_configs(preset_name, **kw)
-    results = run_all(configs, root=root, workers=workers)
-    return tidy(results), results
+    return sweep(fig4_configs(preset_name, **kw), root=root, workers=workers)
 
 
 def fig4_claims(df: pd.DataFrame, results) -> list[Claim]:
@@ -480,9 +478,7 @@ def sampling_configs(preset_name: str = "cpu", samplers=("reshuffle", "iid", "re
 
 
 def sampling(preset_name: str = "cpu", *, root=None, workers=None, **kw):
-    configs = sampling_configs(preset_name, **kw)
-    results = run_all(configs, root=root, workers=workers)
-    return tidy(results), results
+    return sweep(sampling_configs(preset_name, **kw), root=root, workers=workers)
 
 
 def sampling_claims(df: pd.DataFrame, results) -> list[Claim]:

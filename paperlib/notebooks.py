@@ -202,10 +202,6 @@ def sync_readme(readme: Path = README, preset: str = "cpu") -> None:
     update_section(readme, "claims", claims_markdown(), prefix="figures")
 
 
-def figure_ids() -> list[str]:
-    return [f.id for f in FIGURES]
-
-
 def select(only: list[str] | None = None) -> list[Figure]:
     """Figures by id (or by notebook name for the main ones, e.g. ``fig3_lsr``)."""
     if not only:
@@ -213,21 +209,14 @@ def select(only: list[str] | None = None) -> list[Figure]:
     by_name = {f.id: f for f in FIGURES} | {f.notebook: f for f in FIGURES if not f.appendix}
     unknown = [n for n in only if n not in by_name]
     if unknown:
-        raise ValueError(f"figure(s) {unknown} not found; available: {figure_ids()}")
+        raise ValueError(f"figure(s) {unknown} not found; available: {[f.id for f in FIGURES]}")
     ids = list(dict.fromkeys(by_name[n].id for n in only))
     return [f for f in FIGURES if f.id in ids]
 
 
-def notebook_paths(only: list[str] | None = None) -> list[Path]:
+def notebook_paths() -> list[Path]:
     """The source notebooks (each runs at smoke in the tests)."""
-    paths = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-    if only:
-        names = {p.stem for p in paths}
-        unknown = [n for n in only if n not in names]
-        if unknown:
-            raise ValueError(f"notebook(s) {unknown} not found; available: {sorted(names)}")
-        paths = [p for p in paths if p.stem in only]
-    return paths
+    return sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
 
 def execute_all(preset: str = "cpu", only: list[str] | None = None) -> dict[str, float]:

@@ -289,11 +289,11 @@ def build(config: RunConfig, device: torch.device):
                         num_classes=data.num_classes, in_channels=data.in_channels,
                         seed=config.seed).to(device)
     n = data.train_size
-    svag = config.algo == "svag" and config.l > 1
+    svag = config.update_rule == "svag"
     sampler = Sampler(config.sampler, n, config.batch_size * (2 if svag else 1), config.seed)
     coupled = has_batch_coupling(model)
     extra = None
-    if coupled and config.algo in ("sgd", "svag") and not svag:  # SVAG with l = 1 is SGD
+    if coupled and config.update_rule == "sgd":
         kind = "replacement" if config.sampler == "replacement" else "iid"
         extra = Sampler(kind, n, config.batch_size,
                         seeding.derive_seed(config.seed, seeding.STREAM_EXTRA) % (1 << 62))
@@ -334,7 +334,7 @@ def train(
     opt = torch.optim.SGD(params, lr=config.step_lr, momentum=config.momentum,
                           weight_decay=config.wd)
     lr_schedule, wd_schedule = schedule_from_config(config)
-    gradient = GRADIENT_STEPS["sgd" if config.algo == "svag" and config.l == 1 else config.algo]
+    gradient = GRADIENT_STEPS[config.update_rule]
 
     rows: dict[str, list] = {c: [] for c in HISTORY_COLUMNS}
     start = 0
