@@ -14,6 +14,8 @@ Measured items (numbers as in the issue):
 2. NGD step / GD step over the same N, and the peak extra memory of one NGD pass for three N
    (chunked: it should not grow with N). CPU: growth of the peak RSS (``VmHWM``) over the RSS
    before the pass; CUDA: ``torch.cuda.max_memory_allocated`` over the allocation before it.
+   Also the convnet's full-data step and test-set pass with the NCHW max-pool over the
+   channels-last route ``paperlib.models`` takes (a speed-up; the results are bitwise equal).
 3. Online G/N overhead: SGD steps with the estimate every step / without it (GN: two half-batch
    passes; BN: one extra batch every k steps, compared with 1/k), and the authors' direct
    estimator, max(200, 12800 // B) extra minibatch gradients per epoch of N = 50 000.
@@ -376,6 +378,41 @@ def bench_ngd(b: Bench) -> list[Row]:
     return rows
 
 
+def bench_pool(b: Bench) -> list[Row]:
+    """The convnet's max-pool through the channels-last kernel (``models.max_pool2x2``, bitwise
+    the same) against ``F.max_pool2d`` on NCHW: one GD step over N, and one test-set pass."""
+    from . import models
+
+    _, norm, r = b.profile.ngd_net
+    n = min(b.profile.ngd_n, b.n_train)
+    cfg = b.config(algo="gd", arch="convnet", norm=norm, resolution=r, batch_size=8,
+                   subset=None if n == b.n_train else n, chunk_size=b.profile.chunk_size)
+    ctx, step = b.stepper(cfg)
+    routed = models.CHANNELS_LAST_POOL_MIN
+
+    def pooled(limit: int, fn):
+        def call(k: int) -> None:
+            models.CHANNELS_LAST_POOL_MIN = limit
+            try:
+                fn(k)
+            finally:
+                models.CHANNELS_LAST_POOL_MIN = routed
+        return call
+
+    never = 1 << 62  # every map stays on the NCHW kernel
+    setting = _net("convnet", norm, r) + f" N={n} chunk={b.profile.chunk_size}"
+    rows = []
+    for what, fn in (("GD step", step), ("test-set evaluation", lambda k: T.evaluate(
+            ctx.model, ctx.data, b.profile.chunk_size))):
+        times = interleaved({"nchw": pooled(never, fn), "routed": pooled(routed, fn)}, b.device,
+                            warmup=1, repeats=max(3, b.profile.repeats // 2 + 1), steps=1)
+        ratio, note = paired_ratio(times, "nchw", "routed")
+        rows.append(Row("2", f"{what} with the NCHW max-pool / with the channels-last route "
+                        "(speed-up)", setting, ratio, "x", "", None,
+                        note + f"; routed {min(times['routed']):.3g} s"))
+    return rows
+
+
 def _proc_status(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -587,8 +624,8 @@ def bench_figures(path: Path = TIMINGS_JSON) -> list[Row]:
     return rows
 
 
-ITEMS = {"1": bench_svag, "2": bench_ngd, "3": bench_nsr, "4": bench_pipeline,
-         "epoch": bench_epoch, "5": lambda b: bench_figures()}
+ITEMS = {"1": bench_svag, "2": lambda b: bench_ngd(b) + bench_pool(b), "3": bench_nsr,
+         "4": bench_pipeline, "epoch": bench_epoch, "5": lambda b: bench_figures()}
 
 
 def load_bench_dataset(choice: str):

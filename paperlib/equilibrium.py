@@ -12,6 +12,19 @@ import math
 import pandas as pd
 
 from .config import RunConfig
+from .models import is_scale_invariant
+
+
+def eq11_applies(config: RunConfig) -> bool:
+    """Eq. (11) needs ⟨x, ∇L(x)⟩ = 0 (a scale-invariant net: no ResNet control, no net without
+    normalization) and a phase of constant η and λ to reach equilibrium in (a step schedule
+    before its first decay; not the triangle or cosine schedules)."""
+    if not is_scale_invariant(config.arch) or config.norm == "none":
+        return False
+    if config.schedule not in ("constant", "step"):
+        return False
+    first_lr_decay = min(config.milestones) if config.milestones else math.inf
+    return not config.wd_milestones or min(config.wd_milestones) >= first_lr_decay
 
 
 def first_decay_step(config: RunConfig) -> float:
@@ -34,7 +47,8 @@ def constant_lr_window(history: pd.DataFrame, config: RunConfig,
 
 
 def equilibrium_stats(history: pd.DataFrame, config: RunConfig, start_frac: float = 0.5) -> dict:
-    """Window means of G, N, R, E|g|², and eq. (11)'s two sides with their relative gap."""
+    """Window means of G, N, R, E|g|², and eq. (11)'s two sides with their relative gap (NaN
+    where eq. 11 does not apply, see :func:`eq11_applies`)."""
     w = constant_lr_window(history, config, start_frac)
     if w.empty:
         raise ValueError("the constant-LR window has no history rows; log more often")
@@ -46,11 +60,13 @@ def equilibrium_stats(history: pd.DataFrame, config: RunConfig, start_frac: floa
     # estimator this checks the estimator, with the measured |g|² it checks stationarity only.
     estimated = not (math.isnan(G) or math.isnan(N))
     rhs = eta * (G + l * N) if estimated else eta * gsq
+    if not eq11_applies(config):
+        lhs = rhs = float("nan")
     return {
         "G": G, "N": N, "R": R, "grad_sq": gsq,
         "nsr": N / G if estimated and G else float("nan"),
         "eq11_lhs": lhs, "eq11_rhs": rhs, "eq11_uses_estimator": estimated,
-        "eq11_rel_err": abs(lhs - rhs) / abs(rhs) if rhs else float("nan"),
+        "eq11_rel_err": abs(lhs - rhs) / abs(rhs) if rhs else float("nan"),  # NaN stays NaN
         "R_drift": (w["R"].iloc[-1] - w["R"].iloc[0]) / R if len(w) > 1 else float("nan"),
         "rows": len(w),
     }

@@ -20,9 +20,8 @@ import pandas as pd
 from .claims import Claim, check
 from .config import RunConfig, preset
 from .constants import PRESETS
-from .equilibrium import constant_lr_window, equilibrium_stats
+from .equilibrium import constant_lr_window, eq11_applies, equilibrium_stats
 from .lsr import lsr_failure_batch, predict_critical_batch
-from .models import is_scale_invariant
 from .store import RunResult, StaleResultError, load_result, run, run_id
 
 RUN_COLUMNS = ("algo", "l", "batch_size", "lr", "wd", "seed", "sampler", "arch", "width", "norm",
@@ -297,10 +296,9 @@ def fig1_gap(df: pd.DataFrame, results: list[RunResult]) -> pd.DataFrame:
 def eq11_claims(df: pd.DataFrame, results: list[RunResult], algo: str = "sgd",
                 max_drift: float = 0.05) -> list[Claim]:
     """Eq. (11) with G, N from the online estimator, on runs whose R is stationary (|drift| ≤
-    5 % over the window): the free check of the estimator. Eq. (11) needs a scale-invariant
-    net (⟨x, ∇L(x)⟩ = 0); for other nets (ResNet control, no normalization) there is no row."""
-    invariant = [r.path.name for r in results
-                 if is_scale_invariant(r.config.arch) and r.config.norm != "none"]
+    5 % over the window): the free check of the estimator. Where eq. (11) does not apply
+    (``eq11_applies``: ResNet control, no normalization, triangle / cosine LR) there is no row."""
+    invariant = [r.path.name for r in results if eq11_applies(r.config)]
     df = df[df["run_id"].isin(invariant)]
     if not len(df):
         return []

@@ -160,12 +160,40 @@ class AvgPool2x2(nn.Module):
 
     def __init__(self, kind: str = "avg"):
         super().__init__()
-        self.pool = nn.functional.max_pool2d if kind == "max" else nn.functional.avg_pool2d
+        self.kind = kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if min(x.shape[-2:]) < 2:
             return x
-        return self.pool(x, 2)
+        if self.kind == "avg":
+            return nn.functional.avg_pool2d(x, 2)
+        return max_pool2x2(x)
+
+
+CHANNELS_LAST_POOL_MIN = 1 << 16  # below this the two layout copies cost what they save
+
+
+def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)``, bitwise (values, and gradients with the same first-maximum tie
+    rule), but on CPU through the channels-last kernel for large maps: the NCHW one is 1.6-5×
+    slower there, ~30 % of a full-data GD step at 8×8 (``make bench``: ``max-pool``)."""
+    if (x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous()
+            or x.numel() < CHANNELS_LAST_POOL_MIN):
+        return nn.functional.max_pool2d(x, 2)
+    return nn.functional.max_pool2d(_ChannelsLast.apply(x), 2).contiguous()
+
+
+class _ChannelsLast(torch.autograd.Function):
+    """NCHW → channels-last copy whose backward returns the gradient in NCHW again (a
+    channels-last gradient would send ReLU and GroupNorm backward to their slow kernels)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.contiguous()
 
 
 class VGG(nn.Module):

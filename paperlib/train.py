@@ -426,12 +426,13 @@ class _Window:
 
     def add(self, k: int, s: dict):
         loss = s["loss_sum"].double()
+        gsq = s["g"].double().square().sum()
         self.loss += loss
         self.correct += s["correct"].double()
         self.count += s["count"]
-        self.gsq += s["g"].double().square().sum()
+        self.gsq += gsq
         self.steps += 1
-        finite = torch.isfinite(loss) & torch.isfinite(s["g"]).all()
+        finite = torch.isfinite(loss + gsq)  # (|g|² in float64 is finite iff every g_i is)
         self.first_bad = torch.where((self.first_bad < 0) & ~finite,
                                      torch.full_like(self.first_bad, k), self.first_bad)
         if s["G"] is not None:

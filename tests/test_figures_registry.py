@@ -111,3 +111,16 @@ def test_selection_and_bad_names():
         select(["figA-nope"])
     with pytest.raises(ValueError, match="preset='gpu'"):
         execute_all("gpu")
+
+
+@pytest.mark.parametrize("notebook", sorted({f.notebook for f in FIGURES}))
+def test_papermill_reads_every_parameter(notebook):
+    """`papermill --help-notebook` and `-p NAME value` see each parameter with its comment as
+    help (papermill skips a line with a second '=', e.g. one in the comment)."""
+    import nbformat
+    from papermill.inspection import _infer_parameters
+
+    nb = nbformat.read(NOTEBOOK_DIR / f"{notebook}.ipynb", as_version=4)
+    found = {p.name: p.help for p in _infer_parameters(nb)}
+    assert set(found) == set(_parameter_cell(notebook)), notebook
+    assert all(found.values()), f"{notebook}: every parameter needs a help comment"

@@ -12,6 +12,7 @@ from paperlib.models import (
     count_parameters,
     has_batch_coupling,
     is_scale_invariant,
+    max_pool2x2,
     scale_invariance_error,
     trained_parameters,
 )
@@ -324,3 +325,22 @@ def test_output_shape_8(arch, norm):
     with torch.no_grad():
         out = model(torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
     assert out.shape == (3, 100) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("shape", [(256, 16, 8, 8), (128, 32, 4, 4), (3, 5, 7, 9)])
+def test_max_pool2x2_is_bitwise_max_pool2d(shape, monkeypatch):
+    """The channels-last route gives F.max_pool2d's values and gradients bit for bit, ties
+    included (ReLU zeros and repeated positive values pick the same first maximum)."""
+    monkeypatch.setattr("paperlib.models.CHANNELS_LAST_POOL_MIN", 0)  # every shape takes it
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(shape).mul(3).round() / 3)  # many ties, zero and positive
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = nn.functional.max_pool2d(a, 2), max_pool2x2(b)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    assert yb.is_contiguous() and yb.shape == ya.shape
+    assert torch.equal(ya.view(torch.int32), yb.view(torch.int32))
+    assert torch.equal(a.grad.view(torch.int32), b.grad.view(torch.int32))
+    x[0, 0, 0, 0] = float("nan")  # NaN propagates as in max_pool2d (diverged runs stay NaN)
+    assert torch.isnan(max_pool2x2(x)[0, 0, 0, 0])

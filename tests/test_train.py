@@ -11,7 +11,7 @@ import torch
 from paperlib import store
 from paperlib.__main__ import main
 from paperlib.config import RunConfig, preset
-from paperlib.equilibrium import equilibrium_stats
+from paperlib.equilibrium import eq11_applies, equilibrium_stats
 from paperlib.train import HISTORY_COLUMNS, train
 
 
@@ -201,8 +201,20 @@ def test_config_round_trip_and_summary():
 def test_equilibrium_identity_on_a_short_run():
     """Eq. (11) uses the recorded R and E|g|²; its two sides must be finite and comparable."""
     cfg = smoke(steps=200, milestones=(200.0,), log_every=10, eval_every=200)
-    stats = equilibrium_stats(train(cfg, progress=False).history, cfg)
+    history = train(cfg, progress=False).history
+    stats = equilibrium_stats(history, cfg)
     assert stats["rows"] == 10 and math.isfinite(stats["eq11_rel_err"])
+    # where eq. (11) does not apply, its columns are NaN and the window means stay
+    for other in (cfg.replace(norm="none"), cfg.replace(arch="resnet8"),
+                  cfg.replace(schedule="cosine", milestones=()),
+                  cfg.replace(schedule="triangle", milestones=()),
+                  cfg.replace(wd_milestones=(100.0,), wd_gamma=0.5)):
+        assert not eq11_applies(other), other.summary()
+        s = equilibrium_stats(history, other)
+        assert math.isnan(s["eq11_rel_err"]) and math.isnan(s["eq11_lhs"])
+        assert math.isfinite(s["R"]) and math.isfinite(s["grad_sq"])
+    assert eq11_applies(cfg.replace(wd_milestones=(200.0,), wd_gamma=0.5))
+    assert eq11_applies(cfg.replace(schedule="constant", milestones=()))
 
 
 BAD = [
