@@ -57,6 +57,7 @@ from . import train as T
 from .config import preset
 from .data import NORMALIZATION, DatasetFormatError, DatasetNotFoundError, load_dataset
 from .docs import update_section
+from .ngd import split_chunks
 from .paths import data_root
 
 NEVER = 10**9  # nsr_every / nsr_extra_every that never fires (step counters start at 1)
@@ -416,7 +417,8 @@ def bench_pool(b: Bench) -> list[Row]:
     # pool an adaptive 2×2 average) over the same N and chunks: the throughput the issue's
     # cpu-preset time targets were derived from (39-43k samples/s at 8×8 on one thread there).
     probe = _probe_convnet(round(16 * cfg.width), ctx.data.num_classes).to(b.device)
-    chunks = list(_train_chunks(ctx.data, b.profile.chunk_size))
+    chunks = [ctx.data.batch(torch.arange(c.start, c.stop, device=b.device))
+              for c in split_chunks(n, b.profile.chunk_size)]  # the slices GD's step uses
 
     def probe_pass(k: int) -> None:
         for x, y in chunks:
@@ -446,12 +448,6 @@ def _probe_convnet(w: int, classes: int) -> torch.nn.Module:
         cin = c
     head = torch.nn.Linear(4 * w * 4, classes).requires_grad_(False)
     return torch.nn.Sequential(*layers, torch.nn.Flatten(), head)
-
-
-def _train_chunks(data, chunk: int):
-    for start in range(0, data.train_size, chunk):
-        idx = torch.arange(start, min(start + chunk, data.train_size), device=data.train_x.device)
-        yield data.batch(idx, augment=False)
 
 
 def _proc_status(field: str) -> int:

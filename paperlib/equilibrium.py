@@ -60,13 +60,14 @@ def equilibrium_stats(history: pd.DataFrame, config: RunConfig, start_frac: floa
     # estimator this checks the estimator, with the measured |g|² it checks stationarity only.
     estimated = not (math.isnan(G) or math.isnan(N))
     rhs = eta * (G + l * N) if estimated else eta * gsq
+    nan = float("nan")
     if not eq11_applies(config):
-        lhs = rhs = float("nan")
+        lhs = rhs = nan
     return {
         "G": G, "N": N, "R": R, "grad_sq": gsq,
-        "nsr": N / G if estimated and G else float("nan"),
+        "nsr": N / G if estimated and G else nan,
         "eq11_lhs": lhs, "eq11_rhs": rhs, "eq11_uses_estimator": estimated,
-        "eq11_rel_err": abs(lhs - rhs) / abs(rhs) if rhs else float("nan"),  # NaN stays NaN
+        "eq11_rel_err": abs(lhs - rhs) / abs(rhs) if rhs != 0 else nan,
         "R_drift": (w["R"].iloc[-1] - w["R"].iloc[0]) / R if len(w) > 1 else float("nan"),
         "rows": len(w),
     }

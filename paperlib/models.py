@@ -175,8 +175,10 @@ CHANNELS_LAST_POOL_MIN = 1 << 16  # below this the two layout copies cost what t
 
 def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
     """``F.max_pool2d(x, 2)``, bitwise (values, and gradients with the same first-maximum tie
-    rule), but on CPU through the channels-last kernel for large maps: the NCHW one is 1.6-5×
-    slower there, ~30 % of a full-data GD step at 8×8 (``make bench``: ``max-pool``)."""
+    rule), but on CPU through the channels-last kernel for large maps: torch's NCHW kernel is
+    several times slower on them (the profiler put it at ~30 % of a full-data GD step at 8×8).
+    ``make bench`` (item 2, max-pool rows): a test-set pass 1.6× faster; the GD step's gain is
+    within the machine's noise."""
     if (x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous()
             or x.numel() < CHANNELS_LAST_POOL_MIN):
         return nn.functional.max_pool2d(x, 2)

@@ -117,10 +117,9 @@ def test_selection_and_bad_names():
 def test_papermill_reads_every_parameter(notebook):
     """`papermill --help-notebook` and `-p NAME value` see each parameter with its comment as
     help (papermill skips a line with a second '=', e.g. one in the comment)."""
-    import nbformat
-    from papermill.inspection import _infer_parameters
+    import papermill
 
-    nb = nbformat.read(NOTEBOOK_DIR / f"{notebook}.ipynb", as_version=4)
-    found = {p.name: p.help for p in _infer_parameters(nb)}
+    found = {name: p["help"] for name, p in
+             papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{notebook}.ipynb")).items()}
     assert set(found) == set(_parameter_cell(notebook)), notebook
     assert all(found.values()), f"{notebook}: every parameter needs a help comment"
