@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check paperlib tests
+	$(BIN)/ruff check paperlib tests scripts
 
 pytest: setup
 	$(BIN)/python -m pytest tests

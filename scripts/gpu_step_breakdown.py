@@ -10,7 +10,8 @@ For PreResNet-32 (GN and BN) at B = 128 and 1024 on synthetic 32×32 data it pri
   - the step with ``compile=True`` (torch.compile, default mode), GN at B = 128.
 
 Usage: ``python scripts/gpu_step_breakdown.py [--device cuda] [--steps 60] [--json FILE]``
-(about 75 s on an H200, the compile included). ``--device cpu --steps 1 --sizes 4`` is a dry run.
+(about 80 s on an H200, the compile included). ``--device cpu --steps 1 --sizes 4 --no-compile``
+is a dry run.
 """
 
 from __future__ import annotations
@@ -26,11 +27,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from paperlib.bench import PROFILES, Bench  # noqa: E402
+from paperlib.bench import NEVER, PROFILES, Bench, _sync  # noqa: E402
 from paperlib.config import preset  # noqa: E402
 from paperlib.data import load_dataset  # noqa: E402
-
-NEVER = 10**9
 
 
 def main(argv=None) -> int:
@@ -49,18 +48,14 @@ def main(argv=None) -> int:
     bench = Bench(PROFILES["gpu"], dev, load_dataset("synthetic"), 1, False, False)
     res = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__}
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
     def timed(fn, n, warm):
         for k in range(warm):
             fn(k)
-        sync()
+        _sync(dev)
         t = time.perf_counter()
         for k in range(warm, warm + n):
             fn(k)
-        sync()
+        _sync(dev)
         return (time.perf_counter() - t) / n * 1e3
 
     def report():
@@ -112,7 +107,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         for k in range(10):
             step(k)
-        sync()
+        _sync(dev)
         res[f"gn_B{B}_compile_first_10_steps_s"] = time.perf_counter() - t
         res[f"gn_B{B}_step_ms_nsr_on_compile"] = timed(step, a.steps, 2)
         report()

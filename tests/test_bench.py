@@ -94,3 +94,20 @@ def test_channels_last_and_bf16_smoke_runs_on_cpu(norm):
     bf = train(smoke(norm=norm, bf16=True, channels_last=True), progress=False)
     assert bf.status == "complete"
     assert np.isfinite(bf.history[["train_loss", "R", "grad_sq"]].to_numpy()).all()
+
+
+def test_gpu_step_breakdown_dry_run(tmp_path):
+    """scripts/gpu_step_breakdown.py (BENCHMARKS.md's GPU breakdown) still runs against the
+    bench machinery: its CPU dry run writes every measurement as a finite number."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(bench.__file__).resolve().parent.parent / "scripts" / "gpu_step_breakdown.py"
+    out = tmp_path / "breakdown.json"
+    subprocess.run([sys.executable, str(script), "--device", "cpu", "--steps", "1", "--sizes",
+                    "2", "--no-compile", "--json", str(out)], check=True, capture_output=True)
+    res = json.loads(out.read_text())
+    keys = [f"{norm}_B2_{what}" for norm in ("gn", "bn")
+            for what in ("step_ms_nsr_on", "step_ms_nsr_off", "model_ms_eager")]
+    assert all(math.isfinite(res[k]) and res[k] > 0 for k in ["launch_us", *keys])
