@@ -102,8 +102,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_predict_lsr(a: argparse.Namespace) -> int:
     from .equilibrium import equilibrium_stats
+    from .history import read_history
     from .lsr import critical_kappa, predict_critical_batch
-    from .store import load_manifest, read_history
+    from .store import load_manifest
 
     d = a.run_dir
     if load_manifest(d) is None:

@@ -1,8 +1,8 @@
 """``make bench``: the speed of paperlib's training steps, as ratios against baselines (issue 6).
 
 Every number that has a target is a RATIO of two measurements taken in this process on one device
-with the real step functions of :mod:`paperlib.train` (``GRADIENT_STEPS[algo](ctx, k)``, the
-gradient copy and the optimizer step, plus the loop's on-device window sums). The two sides run
+with the real step of :mod:`paperlib.train` (``gradient(ctx, k)`` over the public step functions,
+``set_grad`` and the optimizer step, plus the loop's on-device ``StepWindow``). The two sides run
 interleaved (A B, B A, A B, ...) so that drift on a shared machine hits both, warm-up steps are
 excluded, and the ratio is the median over repeats of the paired ratios.
 
@@ -55,10 +55,12 @@ import torch.nn.functional as F
 
 from . import train as T
 from .config import preset
-from .data import NORMALIZATION, DatasetFormatError, DatasetNotFoundError, load_dataset
+from .data import NORMALIZATION, DatasetFormatError, DatasetNotFoundError, load_dataset, prepare
 from .docs import update_section
+from .history import StepWindow
 from .ngd import split_chunks
 from .paths import data_root
+from .steps import set_grad
 
 NEVER = 10**9  # nsr_every / nsr_extra_every that never fires (step counters start at 1)
 PAPER_N = 50_000  # CIFAR-10 training set: the epoch of items 3 and "epoch"
@@ -196,7 +198,7 @@ def machine_info(device: torch.device) -> dict:
 
 # --- timing ---------------------------------------------------------------------------------------
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -214,7 +216,7 @@ def interleaved(fns: dict[str, Callable[[int], None]], device: torch.device, *, 
         for _ in range(count):
             fns[name](k[name])
             k[name] += 1
-        _sync(device)
+        synchronize(device)
 
     for name in fns:
         run(name, warmup)
@@ -244,6 +246,7 @@ class Bench:
     workers: int
     quick: bool
     compile: bool = False
+    prepared: dict = dataclasses.field(default_factory=dict)  # (subset, r, data_seed) → data
 
     @property
     def dataset(self) -> str:
@@ -266,21 +269,24 @@ class Bench:
         return None if s is None or s >= self.n_train else s
 
     def build(self, cfg) -> T.Context:
-        with shared_dataset(self.raw):
-            return T.build(cfg, self.device)
+        """``train.build`` with the data set already in memory (prepared once per subset and
+        resolution)."""
+        key = (cfg.subset, cfg.resolution, cfg.data_seed)
+        if key not in self.prepared:
+            self.prepared[key] = prepare(self.raw, subset=cfg.subset, resolution=cfg.resolution,
+                                         device=self.device, seed=cfg.data_seed)
+        return T.build(cfg, self.device, data=self.prepared[key])
 
     def stepper(self, cfg) -> tuple[T.Context, Callable[[int], None]]:
         """One iteration of ``train``'s loop body (logging excluded) for ``cfg``."""
         ctx = self.build(cfg)
-        ctx.model.train()
         opt = torch.optim.SGD(ctx.params, lr=cfg.step_lr, momentum=cfg.momentum,
                               weight_decay=cfg.wd)
-        gradient = T.GRADIENT_STEPS[cfg.algo]
-        window = T._Window(self.device)
+        window = StepWindow(self.device)
 
         def step(k: int) -> None:
-            stats = gradient(ctx, k)
-            T._set_grads(ctx.params, stats["g"])
+            stats = T.gradient(ctx, k)
+            set_grad(ctx.params, stats.grad)
             opt.step()
             window.add(k, stats)
 
@@ -292,21 +298,6 @@ class Bench:
         p = self.profile
         return interleaved(fns, self.device, warmup=p.warmup if warmup is None else warmup,
                            repeats=repeats or p.repeats, steps=steps or p.steps)
-
-
-@contextlib.contextmanager
-def shared_dataset(raw):
-    """``train.build`` loads the data set on every call; hand it the copy already in memory."""
-    original = T.load_dataset
-
-    def load(name, *args, **kwargs):
-        return raw if name == raw.name else original(name, *args, **kwargs)
-
-    T.load_dataset = load
-    try:
-        yield
-    finally:
-        T.load_dataset = original
 
 
 def _net(arch: str, norm: str, resolution: int, batch: int | None = None) -> str:
@@ -462,11 +453,11 @@ def ngd_pass_memory(b: Bench, cfg) -> float:
     ctx, step = b.stepper(cfg)
     gc.collect()
     if b.device.type == "cuda":
-        _sync(b.device)
+        synchronize(b.device)
         torch.cuda.reset_peak_memory_stats(b.device)
         base = torch.cuda.memory_allocated(b.device)
         step(1)
-        _sync(b.device)
+        synchronize(b.device)
         peak = torch.cuda.max_memory_allocated(b.device)
     else:  # Linux: return free heap to the OS, reset the RSS high-water mark, read it back
         with contextlib.suppress(OSError, AttributeError):
@@ -511,7 +502,7 @@ def bench_nsr(b: Bench) -> list[Row]:
             continue
         net = dict(arch=arch, norm=norm, resolution=r, batch_size=B)
         gctx, _ = b.stepper(b.config(algo="sgd", **net))
-        fns = {"grad": lambda k, c=gctx: T.GRADIENT_STEPS["sgd"](c, k),
+        fns = {"grad": lambda k, c=gctx: T.gradient(c, k),
                "step": b.stepper(b.config(algo="sgd", **net))[1]}
         times = interleaved(fns, b.device, warmup=1, repeats=3, steps=1)
         count = max(200, 12800 // B)
@@ -623,12 +614,12 @@ def bench_epoch(b: Bench) -> list[Row]:
             ctx, step = b.stepper(cfg)
             for k in range(8 if not opts.get("compile") else 16):  # BN's extra batch: k % 4
                 step(k)
-            _sync(b.device)
+            synchronize(b.device)
             n = 2 if b.quick else min(steps_50k, max(cfg.steps_per_epoch, 50))
             t0 = time.perf_counter()
             for k in range(16, 16 + n):
                 step(k)
-            _sync(b.device)
+            synchronize(b.device)
             per_epoch = (time.perf_counter() - t0) / n * steps_50k
             cuda = b.device.type == "cuda"
             rows.append(Row("epoch", f"epoch of {PAPER_N} images, {name}",

@@ -47,7 +47,7 @@ def claims_table(claims: list[Claim]) -> pd.DataFrame:
 
 def save_claims(table: pd.DataFrame, fig_id: str, fig_dir: str | Path) -> Path:
     """``<fig_dir>/<fig_id>.claims.csv`` (atomic): the README's claims table is built from these."""
-    from .store import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     path = Path(fig_dir) / f"{fig_id}.claims.csv"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from .constants import ALGORITHMS, DATASETS, NORMS, PRESETS, SAMPLERS
+from .svag import svag_lr, svag_steps
 
 # Training-set and test-set sizes, used to validate B and N before any data is loaded.
 DATASET_SIZES = {
@@ -97,7 +98,7 @@ class RunConfig:
     @property
     def total_steps(self) -> int:
         """Actual optimizer steps: l × base steps for SVAG (Thm 4.3 needs lT/η steps)."""
-        return int(round(self.base_steps * self.l_eff))
+        return svag_steps(self.base_steps, self.l_eff)
 
     @property
     def update_rule(self) -> str:
@@ -112,11 +113,11 @@ class RunConfig:
     @property
     def step_lr(self) -> float:
         """Per-step LR before the schedule: η/l for SVAG (eq. 5), η otherwise."""
-        return self.lr / self.l_eff
+        return svag_lr(self.lr, self.l_eff)
 
     @property
     def actual_log_every(self) -> int:
-        return int(round(self.log_every * self.l_eff))
+        return svag_steps(self.log_every, self.l_eff)
 
     def summary(self) -> str:
         return (

@@ -21,8 +21,9 @@ from .claims import Claim, check
 from .config import RunConfig, preset
 from .constants import PRESETS
 from .equilibrium import constant_lr_window, eq11_applies, equilibrium_stats
+from .files import StaleResultError
 from .lsr import lsr_failure_batch, predict_critical_batch
-from .store import RunResult, StaleResultError, load_result, run, run_id
+from .store import RunResult, load_result, run, run_id
 
 RUN_COLUMNS = ("algo", "l", "batch_size", "lr", "wd", "seed", "sampler", "arch", "width", "norm",
                "resolution", "subset")

@@ -374,11 +374,6 @@ def count_parameters(model: nn.Module, trained_only: bool = True) -> int:
     return sum(p.numel() for p in params)
 
 
-def has_batch_coupling(model: nn.Module) -> bool:
-    """True when the net contains BatchNorm, i.e. per-example outputs depend on the batch."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 @torch.no_grad()
 def scale_invariance_error(model: nn.Module, x: torch.Tensor, c: float = 10.0) -> float:
     """max|f_{cW}(x) − f_W(x)| / max|f_W(x)| with W all trained parameters scaled by c > 0.

@@ -266,7 +266,7 @@ def record_timing(fig_id: str, preset: str, seconds: float, computed: int,
     """figures/timings.json, {preset: {id: entry}}: ``wall_s`` and ``results_computed`` of the
     last execution, and ``wall_s_with_training`` of the last execution that computed results
     (trained runs; a re-plot from the store does not overwrite it)."""
-    from .store import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     path = path or FIGURE_DIR / "timings.json"
     data = json.loads(path.read_text()) if path.exists() else {}

@@ -92,7 +92,7 @@ def base_time(
         raise ValueError(
             f"steps_per_epoch must be an integer >= 1 for unit='epoch', got {steps_per_epoch!r}"
         )
-    return step / (lf * steps_per_epoch)
+    return (step / lf) / steps_per_epoch  # (k / l) / S: the base step, then its epoch
 
 
 @dataclass(frozen=True)

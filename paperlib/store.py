@@ -16,7 +16,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +25,18 @@ import torch
 
 from . import __version__
 from .config import RunConfig
+from .files import StaleResultError, atomic_write_bytes, sha256
+from .history import history_to_csv, read_history
 from .paths import runs_root
 
 RESULTS_VERSION = 2  # bump when a change alters what a run computes or records
 FILES = ("config.json", "history.csv")
 
 
-class StaleResultError(RuntimeError):
-    """A result needed by a notebook under test is missing or stale (training is not allowed)."""
-
-
 @dataclass(frozen=True)
 class RunResult:
     config: RunConfig
-    history: pd.DataFrame  # one row per logged step (see train.HISTORY_COLUMNS)
+    history: pd.DataFrame  # one row per logged step (see history.HISTORY_COLUMNS)
     status: str  # complete | diverged
     diverged_step: int | None
     path: Path
@@ -70,49 +67,15 @@ def run_dir(config: RunConfig, root: Path | str | None = None) -> Path:
     return Path(root or runs_root()) / run_id(config)
 
 
-# --- atomic, checksummed files ------------------------------------------------------------------
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def history_to_csv(history: pd.DataFrame) -> bytes:
-    return history.to_csv(index=False, float_format="%.17g").encode()
-
-
-def read_history(path: Path) -> pd.DataFrame:
-    from .train import history_frame
-
-    return history_frame(pd.read_csv(path))
-
+# --- checksummed manifest -----------------------------------------------------------------------
 
 def _write_manifest(d: Path, status: str, extra: dict) -> dict:
-    files = {name: _sha256(d / name) for name in FILES if (d / name).exists()}
+    files = {name: sha256(d / name) for name in FILES if (d / name).exists()}
     ckpt = d / "checkpoint.pt"
     manifest = {
         "status": status,
         "files": files,  # result files: committed for notebooks, verified on every load
-        "checkpoint_sha256": _sha256(ckpt) if ckpt.exists() else None,  # gitignored, optional
+        "checkpoint_sha256": sha256(ckpt) if ckpt.exists() else None,  # gitignored, optional
         "results_version": RESULTS_VERSION,
         "paperlib_version": __version__,
         "torch_version": torch.__version__,
@@ -127,7 +90,7 @@ def load_manifest(d: Path) -> dict | None:
     try:
         manifest = json.loads((d / "manifest.json").read_text())
         for name, digest in manifest["files"].items():
-            if _sha256(d / name) != digest:
+            if sha256(d / name) != digest:
                 return None
         return manifest
     except (OSError, ValueError, KeyError, TypeError):
@@ -209,6 +172,6 @@ def _load_checkpoint(d: Path) -> dict | None:
     """The checkpoint of a partial run if its checksum matches the manifest, else None."""
     manifest = load_manifest(d)
     ckpt = d / "checkpoint.pt"
-    if manifest is None or not ckpt.exists() or manifest.get("checkpoint_sha256") != _sha256(ckpt):
+    if manifest is None or not ckpt.exists() or manifest.get("checkpoint_sha256") != sha256(ckpt):
         return None
     return torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True)

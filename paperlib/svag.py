@@ -33,10 +33,18 @@ covariance becomes (η/l)² Σ₁ [l (N − B)/(B(N − 1)) + (l − 1)/(N − 1
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["svag_coefficients", "svag_example_weights", "svag_lr", "svag_steps"]
+__all__ = [
+    "SVAGSchedule",
+    "stretch_schedule",
+    "svag_coefficients",
+    "svag_example_weights",
+    "svag_lr",
+    "svag_steps",
+]
 
 
 def _check_l(l: float) -> float:
@@ -158,3 +166,71 @@ def svag_steps(steps: int, l: float) -> int:
             f"steps * l must be an integer, got steps={steps}, l={l!r} (steps * l = {total})"
         )
     return int(rounded)
+
+
+def stretch_schedule(schedule: Callable[[float], float], l: float) -> Callable[[int], float]:
+    """A schedule of base time, stretched for SVAG: step k of the l-run is at base time k / l.
+
+    ``schedule(t)`` is the LR multiplier at base step t of the l = 1 run; the result maps SVAG's
+    step index k to ``schedule(k / l)``, so every milestone, knot and period stretches by l (Thm
+    4.3 compares SVAG step k with SDE time kη/l). Use it with ``torch.optim.lr_scheduler.LambdaLR``
+    on an optimizer whose LR is already η/l (:func:`svag_lr`).
+
+    Args:
+        schedule: multiplier as a function of base steps (float → float).
+        l: the SVAG hyperparameter, ≥ 1.
+
+    Returns:
+        ``f(k) = schedule(k / l)``.
+
+    Raises:
+        ValueError: if ``l`` is not a finite number ≥ 1 or ``schedule`` is not callable.
+    """
+    lf = _check_l(l)
+    if not callable(schedule):
+        raise ValueError(f"schedule must be a function of base time, got {schedule!r}")
+    return lambda k: schedule(k / lf)
+
+
+class SVAGSchedule:
+    """Drives any torch LR scheduler at base time: it advances once per l SVAG steps.
+
+    Build the user's scheduler (``MultiStepLR``, ``CosineAnnealingLR``, ``OneCycleLR``, a chain,
+    ...) as for the l = 1 run, with its milestones in base steps, on an optimizer whose LR was
+    set to η/l (:func:`svag_lr`); wrap it and call :meth:`step` after every SVAG step. The LR of
+    SVAG step k is then (η/l) · s(⌊k/l⌋), with s the l = 1 schedule: exactly the l = 1 run's
+    schedule stretched by l for schedules that change at whole base steps (step decays), and a
+    staircase of it otherwise (use :func:`stretch_schedule` with ``LambdaLR`` for the exact
+    continuous stretch).
+
+    Args:
+        scheduler: a ``torch.optim.lr_scheduler.LRScheduler`` (anything with ``step()``).
+        l: the SVAG hyperparameter, an integer ≥ 1.
+
+    Raises:
+        ValueError: if ``l`` is not an integer ≥ 1 or ``scheduler`` has no ``step`` method.
+    """
+
+    def __init__(self, scheduler, l: int):
+        lf = _check_l(l)
+        if lf != int(lf):
+            raise ValueError(f"SVAGSchedule needs an integer l >= 1, got {l!r}")
+        if not callable(getattr(scheduler, "step", None)):
+            raise ValueError(f"scheduler must have a step() method, got {scheduler!r}")
+        self.scheduler, self.l, self.steps = scheduler, int(lf), 0
+
+    def step(self) -> None:
+        """Call after every SVAG step."""
+        self.steps += 1
+        if self.steps % self.l == 0:
+            self.scheduler.step()
+
+    def get_last_lr(self) -> list[float]:
+        return self.scheduler.get_last_lr()
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "l": self.l, "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.l = int(state["steps"]), int(state["l"])
+        self.scheduler.load_state_dict(state["scheduler"])

@@ -16,7 +16,7 @@ Each experiment is one public function ``f(S) -> pandas.DataFrame`` taking the
 Results of the ``cpu`` and ``paper`` presets are cached as CSV under ``<data>/theory/`` (keyed by
 experiment, preset and a hash of the settings); ``smoke`` always recomputes and never touches the
 cache. With ``PAPERLIB_NO_TRAIN=1`` (notebooks under nbval) a missing cache file raises
-:class:`paperlib.store.StaleResultError` instead of computing.
+:class:`paperlib.files.StaleResultError` instead of computing.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from scipy import stats
 
 from . import __version__, seeding
 from .constants import PRESETS
+from .files import StaleResultError, atomic_write_bytes
 from .paths import data_root
-from .store import StaleResultError, atomic_write_bytes
 from .svag import svag_coefficients
 
 CACHE_VERSION = 1  # bump when a change alters what a cached experiment computes

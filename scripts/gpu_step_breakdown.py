@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from paperlib.bench import NEVER, PROFILES, Bench, _sync  # noqa: E402
+from paperlib.bench import NEVER, PROFILES, Bench, synchronize  # noqa: E402
 from paperlib.config import preset  # noqa: E402
 from paperlib.data import load_dataset  # noqa: E402
 
@@ -51,11 +51,11 @@ def main(argv=None) -> int:
     def timed(fn, n, warm):
         for k in range(warm):
             fn(k)
-        _sync(dev)
+        synchronize(dev)
         t = time.perf_counter()
         for k in range(warm, warm + n):
             fn(k)
-        _sync(dev)
+        synchronize(dev)
         return (time.perf_counter() - t) / n * 1e3
 
     def report():
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         for k in range(10):
             step(k)
-        _sync(dev)
+        synchronize(dev)
         res[f"gn_B{B}_compile_first_10_steps_s"] = time.perf_counter() - t
         res[f"gn_B{B}_step_ms_nsr_on_compile"] = timed(step, a.steps, 2)
         report()

@@ -9,7 +9,8 @@ import pytest
 from paperlib import experiments
 from paperlib.claims import check, claims_table
 from paperlib.config import preset
-from paperlib.store import StaleResultError, load_result
+from paperlib.files import StaleResultError
+from paperlib.store import load_result
 
 
 def configs():

@@ -10,12 +10,12 @@ from paperlib.models import (
     ExactBatchNorm2d,
     build_model,
     count_parameters,
-    has_batch_coupling,
     is_scale_invariant,
     max_pool2x2,
     scale_invariance_error,
     trained_parameters,
 )
+from paperlib.steps import batch_coupled
 
 ALL_ARCHS = ["preresnet8", "preresnet32", "resnet32", "vgg11", "vgg13", "vgg16", "vgg19",
              "convnet"]
@@ -121,7 +121,7 @@ def test_scale_invariant_structure(arch, norm):
     assert all(isinstance(p, nn.Parameter) for p in trained_parameters(model))
     assert not model.head.weight.requires_grad and not model.head.bias.requires_grad
     assert torch.all(model.head.bias == 0)
-    assert has_batch_coupling(model) == (norm == "bn")
+    assert batch_coupled(model) == (norm == "bn")
 
 
 def test_resnet_control_structure():
@@ -132,7 +132,7 @@ def test_resnet_control_structure():
     gn = build_model("resnet32", norm="gn")
     gns = [m for m in gn.modules() if isinstance(m, nn.GroupNorm)]
     assert gns and all(m.affine and m.num_groups == 8 for m in gns)
-    assert not has_batch_coupling(gn)
+    assert not batch_coupled(gn)
 
 
 def test_kaiming_fan_in_init():

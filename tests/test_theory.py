@@ -13,7 +13,7 @@ import torch
 from scipy import stats
 
 from paperlib import theory
-from paperlib.store import StaleResultError
+from paperlib.files import StaleResultError
 
 Z = 4.0
 

@@ -1,0 +1,530 @@
+"""The paper's update rules as step functions on any model: SGD with the online G/N estimate,
+SVAG (eq. 5), NGD and GD (eq. 3).
+
+Each function forms ONE step's gradient on the caller's ``torch.nn.Module`` with the caller's
+per-example loss, and returns a :class:`StepStats`. The caller applies the gradient with any
+torch optimizer::
+
+    stats = paperlib.sgd_step(model, loss_fn, x, y, sampling=paperlib.Sampling.shuffled(n))
+    paperlib.set_grad(model, stats.grad)
+    optimizer.step()
+
+``loss_fn(output, target)`` must return per-example losses of shape ``[b]`` (e.g.
+``torch.nn.CrossEntropyLoss(reduction="none")``): SVAG and NGD weight the examples. The gradient
+excludes weight decay (the optimizer adds it, as in the paper's update x ← x − η(g + λx)).
+
+Nets whose examples interact through the batch (train-mode BatchNorm, "batch-coupled") are
+detected: SVAG then takes one pass per batch (per-batch statistics, as in the authors' code), SGD
+needs an independent extra batch for its G/N estimate, and NGD/GD refuse (their per-example
+weighted sum needs per-example losses that do not depend on the chunk).
+
+How the batches were drawn decides the unbiased G/N estimator (Sec. 5; finite-population
+factors in :mod:`paperlib.nsr`). It is stated in words with :class:`Sampling`, never through the
+estimator's low-level arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .ngd import gd_weights, ngd_weights, split_chunks
+from .nsr import online_nsr, sampler_population
+from .svag import svag_coefficients, svag_example_weights
+
+__all__ = [
+    "SAMPLING_SCHEMES",
+    "Sampling",
+    "StepStats",
+    "batch_coupled",
+    "frozen_batchnorm_stats",
+    "gd_step",
+    "ngd_step",
+    "set_grad",
+    "sgd_step",
+    "svag_step",
+]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+SAMPLING_SCHEMES = ("without_replacement", "independent_draws", "with_replacement")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a step's batches were drawn from the training set of ``n`` examples.
+
+    * ``"without_replacement"`` (:meth:`shuffled`): the batches of one step are disjoint slices of
+      one random permutation of the n examples: a shuffled ``DataLoader``'s consecutive batches,
+      one batch split in halves, or one batch of 2B split into SVAG's two batches.
+    * ``"independent_draws"`` (:meth:`independent`): each batch is its own without-replacement
+      draw of b of the n examples, independent of the step's other batch (the two may overlap).
+    * ``"with_replacement"`` (:meth:`with_replacement`): examples drawn i.i.d. uniformly with
+      replacement (``RandomSampler(replacement=True)``); n is not needed and must be None.
+
+    Getting this wrong biases G: two disjoint batches of one permutation have
+    Cov(g1, g2) = −Σ₁/(n − 1), so ⟨g1, g2⟩ underestimates G by Tr Σ₁/(n − 1).
+
+    Raises:
+        ValueError: unknown scheme, n missing or < 2 for a without-replacement scheme, or n given
+            with ``"with_replacement"``.
+    """
+
+    scheme: str
+    n: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SAMPLING_SCHEMES:
+            raise ValueError(f"scheme={self.scheme!r} is not allowed; choose one of "
+                             f"{list(SAMPLING_SCHEMES)}")
+        if self.scheme == "with_replacement":
+            if self.n is not None:
+                raise ValueError(f"n={self.n!r} is not used with 'with_replacement' sampling "
+                                 "(the estimator needs no population size); leave it None")
+        elif isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 2:
+            raise ValueError(f"n={self.n!r} is not allowed; {self.scheme!r} sampling needs the "
+                             "data set size, an integer >= 2")
+
+    @classmethod
+    def shuffled(cls, n: int) -> Sampling:
+        """Disjoint batches of one permutation of n examples (a shuffled DataLoader)."""
+        return cls("without_replacement", n)
+
+    @classmethod
+    def independent(cls, n: int) -> Sampling:
+        """Each batch an independent without-replacement draw from n examples."""
+        return cls("independent_draws", n)
+
+    @classmethod
+    def with_replacement(cls) -> Sampling:
+        """Examples drawn i.i.d. with replacement."""
+        return cls("with_replacement")
+
+    @classmethod
+    def from_sampler(cls, kind: str, n: int) -> Sampling:
+        """The scheme of a batch of one of paperlib's samplers (``constants.SAMPLERS``): every
+        kind but "replacement" draws a batch without replacement, so its parts are disjoint."""
+        n_pop = sampler_population(kind, n)
+        return cls.with_replacement() if n_pop is None else cls.shuffled(n_pop)
+
+    @property
+    def population(self) -> int | None:
+        """The estimator's population size: n, or None for sampling with replacement."""
+        return self.n
+
+    @property
+    def disjoint(self) -> bool:
+        """Whether two batches of one step are disjoint parts of one without-replacement draw."""
+        return self.scheme == "without_replacement"
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one step computed (tensors stay on the model's device: no host synchronisation).
+
+    Attributes:
+        grad: ``[d]`` flattened gradient of the step over the trained parameters (in
+            ``model.parameters()`` order), weight decay excluded; the model's dtype.
+        loss_sum: 0-d, sum of the per-example losses of the ``count`` examples the step used.
+        count: number of examples the step used (B for SGD, 2B for SVAG, n for NGD/GD).
+        correct: 0-d integer count of correct argmax predictions, or None when the output is not
+            ``[b, classes]`` logits with integer targets ``[b]``.
+        G: 0-d float64, unbiased estimate of |∇L|² at the step's point, or None (not measured).
+        N: 0-d float64, unbiased estimate of N = Tr Σ_B at the step's batch size B, or None.
+    """
+
+    grad: torch.Tensor
+    loss_sum: torch.Tensor
+    count: int
+    correct: torch.Tensor | None = None
+    G: torch.Tensor | None = None
+    N: torch.Tensor | None = None
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """0-d mean per-example loss over the step's examples."""
+        return self.loss_sum / self.count
+
+    @property
+    def accuracy(self) -> torch.Tensor | None:
+        """0-d accuracy in percent, or None when ``correct`` is None."""
+        return None if self.correct is None else 100.0 * self.correct / self.count
+
+    @property
+    def grad_sq(self) -> torch.Tensor:
+        """0-d float64 |g|² of the step's gradient."""
+        return self.grad.double().square().sum()
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def _params(model: torch.nn.Module, params) -> list[torch.Tensor]:
+    out = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
+    if not out:
+        raise ValueError("the model has no parameter with requires_grad=True to differentiate")
+    return out
+
+
+def _flat(grads) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def _grad(loss: torch.Tensor, params) -> torch.Tensor:
+    return _flat(torch.autograd.grad(loss, params))
+
+
+def _losses(model, loss_fn: LossFn, x, y, forward):
+    """Per-example losses [b] and correct predictions (None when not a classifier)."""
+    out = model(x) if forward is None else forward(x)
+    losses = loss_fn(out, y)
+    if losses.shape != (y.shape[0],):
+        raise ValueError(f"loss_fn must return per-example losses of shape [{y.shape[0]}] "
+                         f"(e.g. reduction='none'), got shape {tuple(losses.shape)}")
+    classify = out.dim() == 2 and y.dim() == 1 and not y.is_floating_point()
+    return losses, ((out.argmax(1) == y) if classify else None)
+
+
+def _stats(losses, correct, g, G=None, N=None) -> StepStats:
+    return StepStats(g, losses.detach().sum(), losses.numel(),
+                     None if correct is None else correct.sum(), G, N)
+
+
+def _cat(a, b):
+    return None if a is None else torch.cat([a, b])
+
+
+def batch_coupled(model: torch.nn.Module) -> bool:
+    """True when examples of a batch interact: a BatchNorm layer in training mode."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+               for m in model.modules())
+
+
+class frozen_batchnorm_stats:
+    """Context manager: BatchNorm running statistics are restored on exit (an extra batch drawn
+    only to measure G/N must not change the trained model's state)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.bns = [m for m in model.modules()
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        self.saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in self.bns]
+
+    def __exit__(self, *exc):
+        for m, s in zip(self.bns, self.saved, strict=True):
+            m.load_state_dict(s)
+        return False
+
+
+def set_grad(model_or_params, grad: torch.Tensor) -> None:
+    """Write a flattened gradient ``[d]`` into ``p.grad`` of the trained parameters (in
+    ``parameters()`` order), so that any torch optimizer can take the step.
+
+    Args:
+        model_or_params: a module (its parameters with ``requires_grad``) or a list of tensors.
+        grad: ``[d]`` with d the total number of their entries (e.g. ``StepStats.grad``).
+
+    Raises:
+        ValueError: if ``grad`` is not 1-D or its length differs from d.
+    """
+    params = (_params(model_or_params, None) if isinstance(model_or_params, torch.nn.Module)
+              else list(model_or_params))
+    d = sum(p.numel() for p in params)
+    if grad.dim() != 1 or grad.numel() != d:
+        raise ValueError(f"grad must have shape [{d}] (the parameters' total size), got "
+                         f"{tuple(grad.shape)}")
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = grad[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def _check_batch(x, y, what: str) -> int:
+    if x.shape[0] != y.shape[0] or x.shape[0] < 1:
+        raise ValueError(f"{what}: x and y must have the same non-zero length, got "
+                         f"{x.shape[0]} and {y.shape[0]}")
+    return int(y.shape[0])
+
+
+def _need_sampling(sampling: Sampling | None, what: str) -> Sampling:
+    if not isinstance(sampling, Sampling):
+        raise ValueError(f"{what} needs sampling=paperlib.Sampling(...) (how the batches were "
+                         f"drawn decides the unbiased estimator), got {sampling!r}")
+    return sampling
+
+
+# --- SGD (eq. 1) with the online G/N estimate (Sec. 5) ---------------------------------------
+
+def sgd_step(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    sampling: Sampling | None = None,
+    measure: bool = False,
+    extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+    params=None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> StepStats:
+    """The minibatch gradient ∇L_γ of eq. (1) and, with ``measure``, unbiased G and N = Tr Σ_B.
+
+    Without batch coupling the estimate is free of extra examples: the batch is split in two
+    halves of b = ⌊B/2⌋ (an odd B leaves one example in a third part), each differentiated on its
+    own, and g = Σ of the parts' summed gradients / B is the batch mean (equal to the one-pass
+    gradient up to float rounding). (G, N) = ``online_nsr`` of the two half-batch means, which
+    are disjoint parts of one draw. With train-mode BatchNorm, splitting would change the
+    gradient; then ``extra`` (an independent batch of the same size, drawn as ``sampling``
+    says) is differentiated with the running statistics frozen, and (G, N) come from the pair
+    (g, g_extra).
+
+    Args:
+        model, loss_fn: the net and the per-example loss ``loss_fn(output, target) -> [b]``.
+        x, y: the batch, ``[B, ...]`` and ``[B, ...]`` on the model's device.
+        sampling: how batches are drawn (required when measuring).
+        measure: also return G and N (two half passes instead of one; same cost in examples).
+        extra: ``(x_e, y_e)`` of size B, required when measuring a batch-coupled net.
+        params: the tensors to differentiate (default: parameters with ``requires_grad``).
+        forward: ``forward(x) -> output`` instead of ``model(x)`` (autocast, memory format).
+
+    Returns:
+        :class:`StepStats` with ``count`` = B (the extra batch is not counted).
+
+    Raises:
+        ValueError: mismatched x/y, measuring with B < 2 or without ``sampling``, a coupled
+            net measured without a same-size ``extra`` batch, or a loss that is not per-example.
+    """
+    params = _params(model, params)
+    B = _check_batch(x, y, "sgd_step")
+    coupled = batch_coupled(model)
+    if measure:
+        sampling = _need_sampling(sampling, "measuring G/N")
+        if not coupled and B < 2:
+            raise ValueError(f"measuring G/N from half batches needs B >= 2, got B={B}")
+        if coupled and extra is None:
+            raise ValueError("the net has train-mode BatchNorm, so the batch cannot be split to "
+                             "measure G/N; pass extra=(x_e, y_e), an independent batch of size B")
+    if measure and not coupled:
+        b = B // 2
+        parts = [slice(0, b), slice(b, 2 * b)] + ([slice(2 * b, B)] if B % 2 else [])
+        grads, losses, correct = [], [], []
+        for s in parts:
+            ls, cr = _losses(model, loss_fn, x[s], y[s], forward)
+            grads.append(_grad(ls.sum(), params))
+            losses.append(ls)
+            correct.append(cr)
+        g = sum(grads) / B  # exact batch mean: Σ over parts of summed per-example grads / B
+        G, N = online_nsr(grads[0] / b, grads[1] / b, b, B, n=sampling.population, disjoint=True)
+        cr = None if correct[0] is None else torch.cat(correct)
+        return _stats(torch.cat(losses), cr, g, G, N)
+    losses, correct = _losses(model, loss_fn, x, y, forward)
+    g = _grad(losses.mean(), params)
+    G = N = None
+    if measure:  # coupled: the independent extra batch, BN running statistics untouched
+        xe, ye = extra
+        if _check_batch(xe, ye, "sgd_step extra batch") != B:
+            raise ValueError(f"the extra batch must have the batch size B={B}, got {len(ye)}")
+        with frozen_batchnorm_stats(model):
+            le, _ = _losses(model, loss_fn, xe, ye, forward)
+            ge = _grad(le.mean(), params)
+        G, N = online_nsr(g, ge, B, B, n=sampling.population, disjoint=sampling.disjoint)
+    return _stats(losses, correct, g, G, N)
+
+
+# --- SVAG (eq. 5) ----------------------------------------------------------------------------
+
+def svag_step(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    l: float,
+    sampling: Sampling | None = None,
+    measure: bool = False,
+    params=None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> StepStats:
+    """The SVAG gradient ∇(c1·L_γ1 + c2·L_γ2) of eq. (5), c1,2 = (1 ± sqrt(2l − 1))/2.
+
+    ``x, y`` hold the two batches concatenated, [γ1; γ2] (2B examples: e.g. one batch of 2B from
+    a DataLoader, or ``torch.cat`` of two batches of B). Without batch coupling this is one fused
+    pass with per-example weights c1/B, c2/B (``svag_example_weights``); with train-mode
+    BatchNorm, or when measuring, two passes of B (per-batch statistics) whose gradients also
+    give (G, N) through ``online_nsr`` for free (so a coupled net is always measured when
+    ``sampling`` is given). Take the step with LR η/l (``svag_lr``) for l× as many steps
+    (``svag_steps``); ``SVAGSchedule`` / ``stretch_schedule`` stretch an LR schedule by l.
+    With l = 1 this is exactly SGD's gradient on γ1 (c2 = 0), but it costs 2B examples: call
+    :func:`sgd_step` on γ1 instead (bitwise the same update).
+
+    Args:
+        model, loss_fn: the net and the per-example loss ``loss_fn(output, target) -> [2B]``.
+        x, y: ``[2B, ...]`` on the model's device, γ1 first.
+        l: the SVAG hyperparameter, a finite number ≥ 1.
+        sampling: how γ1, γ2 were drawn (required when measuring).
+        measure: also return G and N at batch size B.
+        params, forward: as in :func:`sgd_step`.
+
+    Returns:
+        :class:`StepStats` over the 2B examples.
+
+    Raises:
+        ValueError: an odd or empty batch, l < 1, measuring without ``sampling``, or a loss that
+            is not per-example.
+    """
+    params = _params(model, params)
+    two_b = _check_batch(x, y, "svag_step")
+    if two_b % 2:
+        raise ValueError(f"svag_step needs the two batches [γ1; γ2] concatenated (2B examples), "
+                         f"got an odd count {two_b}")
+    B = two_b // 2
+    c1, c2 = svag_coefficients(l)
+    coupled = batch_coupled(model)
+    if measure:
+        sampling = _need_sampling(sampling, "measuring G/N")
+    if coupled or measure:
+        l1, a1 = _losses(model, loss_fn, x[:B], y[:B], forward)
+        g1 = _grad(l1.mean(), params)
+        l2, a2 = _losses(model, loss_fn, x[B:], y[B:], forward)
+        g2 = _grad(l2.mean(), params)
+        G = N = None
+        if sampling is not None:
+            G, N = online_nsr(g1, g2, B, B, n=sampling.population, disjoint=sampling.disjoint)
+        return _stats(torch.cat([l1, l2]), _cat(a1, a2), c1 * g1 + c2 * g2, G, N)
+    # Weights before the forward pass: their host-to-device copy waits for the GPU, so done
+    # here it does not stall the backward launches behind the forward (no effect on CPU).
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    w = svag_example_weights(l, B, dtype=dtype, device=x.device)
+    losses, correct = _losses(model, loss_fn, x, y, forward)
+    g = _grad((w * losses).sum(), params)
+    return _stats(losses, correct, g)
+
+
+# --- NGD and GD (eq. 3) ----------------------------------------------------------------------
+
+def _chunks(data, n: int | None, chunk_size: int):
+    """(n, iterator of (x, y) chunks in a fixed order) from tensors or an iterable of batches."""
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        x, y = data
+        total = _check_batch(x, y, "full-data step")
+        if n is not None and n != total:
+            raise ValueError(f"n={n} differs from the {total} examples in data")
+        return total, ((x[s], y[s]) for s in split_chunks(total, chunk_size))
+    if n is None:
+        dataset = getattr(data, "dataset", None)
+        if dataset is None:
+            raise ValueError("pass n (the number of training examples) with an iterable of "
+                             "batches that has no .dataset")
+        n = len(dataset)
+    return n, iter(data)
+
+
+def _full_data_step(model, loss_fn, data, w_fn, n, chunk_size, params, forward, what):
+    if batch_coupled(model):
+        raise ValueError(f"{what} needs per-example losses that do not depend on the batch; the "
+                         "net has train-mode BatchNorm (use GroupNorm or no normalization, or "
+                         "put BatchNorm in eval mode)")
+    params = _params(model, params)
+    n, chunks = _chunks(data, n, chunk_size)
+    device = params[0].device
+    dtype = params[0].dtype if params[0].is_floating_point() else torch.float32
+    w = w_fn(n, dtype, device)
+    total = None
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    classify = True
+    offset = 0
+    for x, y in chunks:
+        b = _check_batch(x, y, what)
+        if offset + b > n:
+            raise ValueError(f"{what}: the data yielded more than n={n} examples")
+        losses, cr = _losses(model, loss_fn, x, y, forward)
+        grads = _grad((w[offset:offset + b] * losses).sum(), params)
+        total = grads if total is None else total + grads
+        loss_sum = loss_sum + losses.detach().sum()
+        if cr is None:
+            classify = False
+        else:
+            correct = correct + cr.sum()
+        offset += b
+    if offset != n:
+        raise ValueError(f"{what}: the data yielded {offset} examples, expected n={n} (a "
+                         "DataLoader with drop_last=True skips some)")
+    return total, loss_sum, (correct if classify else None), n
+
+
+def ngd_step(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    data,
+    *,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    n: int | None = None,
+    chunk_size: int = 1000,
+    finite_population: bool = False,
+    params=None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> StepStats:
+    """One NGD gradient (eq. 3): ∇L + ξ with ξ exactly Gaussian, Cov ξ = Σ₁/B (SGD's at batch B).
+
+    Forms Σ_i w_i ∇ℓ_i over the whole training set with ``ngd_weights`` (drawn once per step
+    from ``generator``: pass a fresh generator state each step, e.g. seeded by the step index),
+    accumulated over chunks so memory stays flat in n.
+
+    Args:
+        model, loss_fn: the net (no batch coupling) and the per-example loss.
+        data: ``(x, y)`` tensors of all n training examples (split into ``chunk_size`` chunks), or
+            an iterable of ``(x, y)`` batches covering them once (e.g. a ``DataLoader`` with
+            ``drop_last=False``; its order does not matter in distribution).
+        batch_size: B, the SGD batch size whose noise covariance Σ₁/B is matched.
+        generator: source of the Gaussian weights (None: torch's global RNG).
+        n: number of training examples (default: ``len(data.dataset)`` or the tensors' length).
+        chunk_size: examples per pass when ``data`` are tensors.
+        finite_population: match without-replacement batches, Σ₁/B · (n − B)/(n − 1).
+        params, forward: as in :func:`sgd_step`.
+
+    Returns:
+        :class:`StepStats` over the n examples (G, N None).
+
+    Raises:
+        ValueError: a batch-coupled net, data that do not cover n examples exactly once, or
+            invalid sizes.
+    """
+    def weights(n_, dtype, device):
+        return ngd_weights(n_, batch_size, generator=generator, dtype=dtype, device=device,
+                           finite_population=finite_population)
+
+    g, loss_sum, correct, count = _full_data_step(model, loss_fn, data, weights, n, chunk_size,
+                                                  params, forward, "ngd_step")
+    return StepStats(g, loss_sum, count, correct)
+
+
+def gd_step(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    data,
+    *,
+    n: int | None = None,
+    chunk_size: int = 1000,
+    params=None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> StepStats:
+    """The full-batch gradient ∇L (eq. 3 without noise), over the data as in :func:`ngd_step`.
+
+    Its G = |∇L|² is exact and N = 0 (GD carries no noise).
+
+    Raises:
+        ValueError: as :func:`ngd_step`.
+    """
+    def weights(n_, dtype, device):
+        return gd_weights(n_, dtype=dtype, device=device)
+
+    g, loss_sum, correct, count = _full_data_step(model, loss_fn, data, weights, n, chunk_size,
+                                                  params, forward, "gd_step")
+    return StepStats(g, loss_sum, count, correct, g.double().square().sum(),
+                     torch.zeros((), device=g.device))
+
