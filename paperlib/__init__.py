@@ -1,4 +1,52 @@
-"""paperlib: SGD, SVAG, NGD and GD on scale-invariant nets, with online noise-to-signal
-measurement and linear-scaling-rule prediction (Li, Malladi, Arora, NeurIPS 2021)."""
+"""paperlib: the tools of Li, Malladi, Arora (NeurIPS 2021), "On the Validity of Modeling SGD
+with Stochastic Differential Equations", for any PyTorch model and training loop.
+
+The public API (each name documented with shapes, units and the paper's equation):
+
+* step functions on your model, loss and data, each returning a :class:`StepStats`:
+  :func:`sgd_step` (eq. 1, with the unbiased online G = |∇L|², N = Tr Σ_B of Sec. 5),
+  :func:`svag_step` (SVAG, eq. 5), :func:`ngd_step` and :func:`gd_step` (NGD / GD, eq. 3);
+  :class:`Sampling` states how your batches are drawn; :func:`set_grad` hands the gradient to
+  any torch optimizer;
+* SVAG's LR, step count and schedule stretch: :func:`svag_lr`, :func:`svag_steps`,
+  :func:`stretch_schedule`, :class:`SVAGSchedule`;
+* window statistics and Thm 5.6: :class:`NSRWindow`, :func:`equilibrium_stats`,
+  :func:`critical_kappa`, :func:`predict_critical_batch`.
+
+paperlib's own training loop (``paperlib.train``), run store and figure notebooks are built on
+these.
+"""
 
 __version__ = "0.1.0"
+
+from .equilibrium import equilibrium_stats  # noqa: E402
+from .lsr import critical_kappa, predict_critical_batch  # noqa: E402
+from .nsr import NSRWindow  # noqa: E402
+from .steps import (  # noqa: E402
+    Sampling,
+    StepStats,
+    gd_step,
+    ngd_step,
+    set_grad,
+    sgd_step,
+    svag_step,
+)
+from .svag import SVAGSchedule, stretch_schedule, svag_lr, svag_steps  # noqa: E402
+
+__all__ = [
+    "NSRWindow",
+    "SVAGSchedule",
+    "Sampling",
+    "StepStats",
+    "critical_kappa",
+    "equilibrium_stats",
+    "gd_step",
+    "ngd_step",
+    "predict_critical_batch",
+    "set_grad",
+    "sgd_step",
+    "stretch_schedule",
+    "svag_lr",
+    "svag_step",
+    "svag_steps",
+]

@@ -71,10 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(flag, dest=f.name, type=_parser_for(hints[f.name]), default=None,
                        help=_field_help(f.name))
 
-    q = sub.add_parser("predict-lsr", help="largest safe batch size from one run (Thm 5.6)")
-    q.add_argument("run_dir", type=Path, help="a run folder of the store (data/runs/<id>)")
+    q = sub.add_parser("predict-lsr", help="Thm 5.6: the batch size beyond which the LSR fails",
+                       description="Thm 5.6 from one small-batch SGD run: (C, κ)-LSI certainly "
+                                   "fails for κ > C²(1 + N/G), i.e. beyond B* = B·C²(1 + N/G). "
+                                   "G and N are window means late in the constant-LR phase.")
+    q.add_argument("run", type=Path,
+                   help="a run folder of the store (data/runs/<id>) or a CSV log with columns "
+                        "effective_step (or step), lr, G, N (your own training's log)")
+    q.add_argument("--batch-size", type=int, default=None,
+                   help="B of the run (required for a CSV log; read from the config otherwise)")
+    q.add_argument("--l", type=float, default=1.0, help="SVAG l of a CSV log's run (default 1)")
     q.add_argument("--C", type=float, default=2 ** 0.5, help="closeness constant C (default √2)")
-
     fgs = sub.add_parser("figures", help="execute every figure notebook with papermill",
                          description="Execute the notebook of each paper figure (the registry "
                                      "paperlib.notebooks.FIGURES) with its parameters.")
@@ -101,24 +108,55 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_predict_lsr(a: argparse.Namespace) -> int:
-    from .equilibrium import equilibrium_stats
+    import pandas as pd
+
+    from .equilibrium import equilibrium_stats, run_equilibrium_stats
     from .history import read_history
-    from .lsr import critical_kappa, predict_critical_batch
+    from .lsr import critical_kappa, predict_critical_batch, predict_critical_batch_approx
     from .store import load_manifest
 
-    d = a.run_dir
-    if load_manifest(d) is None:
-        raise ValueError(f"run_dir={str(d)!r} is not an intact run folder (no valid manifest)")
-    config = RunConfig.from_dict(json.loads((d / "config.json").read_text()))
-    if config.algo != "sgd":
-        raise ValueError(f"run {d} uses algo={config.algo!r}; Thm 5.6 needs an SGD baseline run")
-    stats = equilibrium_stats(read_history(d / "history.csv"), config)
+    path = a.run
+    if path.is_dir():
+        if load_manifest(path) is None:
+            raise ValueError(f"run={str(path)!r} is not an intact run folder (no valid manifest)")
+        config = RunConfig.from_dict(json.loads((path / "config.json").read_text()))
+        if config.update_rule != "sgd":
+            raise ValueError(f"run {path} uses algo={config.algo!r}; Thm 5.6 needs an SGD "
+                             "baseline run")
+        if a.batch_size is not None and a.batch_size != config.batch_size:
+            raise ValueError(f"--batch-size {a.batch_size} differs from the run's "
+                             f"B={config.batch_size}; leave it out for a run folder")
+        stats = run_equilibrium_stats(read_history(path / "history.csv"), config)
+        B = config.batch_size
+    elif path.is_file():
+        if a.batch_size is None or a.batch_size < 1:
+            raise ValueError(f"--batch-size={a.batch_size!r}: a CSV log needs the run's batch "
+                             "size B, an integer >= 1")
+        try:
+            history = pd.read_csv(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"run={str(path)!r} is not a readable CSV log: {e}") from e
+        missing = {"lr", "G", "N"} - set(history.columns)
+        if missing:
+            raise ValueError(f"the CSV log {path} lacks the column(s) {sorted(missing)}")
+        stats = equilibrium_stats(history, l=a.l, eq11=False)
+        B = a.batch_size
+    else:
+        raise ValueError(f"run={str(path)!r} does not exist; give a run folder or a CSV log")
     G, N = stats["G"], stats["N"]
-    print(f"equilibrium (window of {stats['rows']} rows): G={G:.4g} N={N:.4g} N/G={N / G:.3g}")
-    print(f"Thm 5.6: (C, κ)-LSI fails for κ > {critical_kappa(G, N, a.C):.3g} (C={a.C:.3g})")
-    b_star = predict_critical_batch(G, N, config.batch_size, a.C)
-    print(f"predicted largest safe batch size: {b_star:.0f} "
-          f"(from B={config.batch_size}, η={config.lr:g})")
+    print(f"equilibrium window: effective steps ({stats['window_start']:g}, "
+          f"{stats['window_end']:g}], {stats['rows']} rows")
+    print(f"  G = {G:.4g} ± {stats['G_se']:.2g}   N = {N:.4g} ± {stats['N_se']:.2g}   "
+          f"N/G = {stats['N_over_G']:.4g} ± {stats['N_over_G_se']:.2g}   (± one standard error "
+          "over the rows)")
+    C2 = a.C ** 2
+    b_star = predict_critical_batch(G, N, B, a.C)
+    print(f"Thm 5.6: (C, κ)-LSI fails for every κ > {critical_kappa(G, N, a.C):.4g} "
+          f"(C = {a.C:.4g}), i.e. the linear scaling rule from B = {B} certainly fails beyond")
+    print(f"  critical batch size B* = B·C²(1 + N/G) = {b_star:.0f} "
+          f"± {B * C2 * stats['N_over_G_se']:.0f}")
+    print(f"  (the Fig 3 caption's approximation C²·B·N/G = "
+          f"{predict_critical_batch_approx(G, N, B, a.C):.0f})")
     return 0
 
 

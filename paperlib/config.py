@@ -39,7 +39,7 @@ class RunConfig:
     norm: str = "bn"  # bn | gn | none
     # --- data --------------------------------------------------------------------------------
     dataset: str = "cifar10"  # cifar10 | cifar100 | svhn | synthetic
-    subset: int | None = None  # N: size of a seeded class-balanced training subset; None = all
+    subset: int | None = None  # n: size of a seeded class-balanced training subset; None = all
     resolution: int = 32  # r: images average-pooled to r×r pixels (divides 32)
     augment: bool = True  # random crop (padding 4) + horizontal flip on training batches
     sampler: str = "reshuffle"  # reshuffle | iid | replacement | fixed (appendix sampling schemes)
@@ -80,7 +80,7 @@ class RunConfig:
     # --- derived quantities (printed when a run starts) ------------------------------------
     @property
     def train_size(self) -> int:
-        """N: number of training examples used."""
+        """n: number of training examples used."""
         return self.subset if self.subset is not None else DATASET_SIZES[self.dataset][0]
 
     @property
@@ -253,7 +253,7 @@ def validate(c: RunConfig) -> None:
 # --- presets: one function that scales a config, not copies of configs ------------------------
 
 # `paper`: the paper's CIFAR-10 recipe (FIGURES.md). `cpu`: the CPU probe's noise-dominated
-# setting (8×8 images, N = 2000, small scale-invariant convnet, ηλ = 2e-3, 4000 steps, ×0.1 at
+# setting (8×8 images, n = 2000, small scale-invariant convnet, ηλ = 2e-3, 4000 steps, ×0.1 at
 # 3500), where every paper claim was visible on 2 cores. `smoke`: seconds, for tests.
 _PRESET_FIELDS: dict[str, dict] = {
     "paper": {},

@@ -3,6 +3,11 @@
 At equilibrium of SGD on a scale-invariant net, eq. (11): (2 − ηλ) λ R = η (G + N) = η E|g|²,
 with η the per-step LR (η/l for SVAG, whose E|g|² = G + l·N: (2 − ηλ/l) λ R = η (G/l + N),
 giving eq. (12), 2λR = ηN, as l → ∞).
+
+Everything here works on a plain history table (the columns of :mod:`paperlib.history`:
+``effective_step``, ``lr``, ``wd``, ``R``, ``G``, ``N``, ``grad_sq``; a user's own CSV log with
+at least ``effective_step`` (or ``step``), ``lr``, ``G`` and ``N`` will do) plus (η, λ, l).
+:func:`run_equilibrium_stats` derives those from a paperlib ``RunConfig``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ import pandas as pd
 
 from .config import RunConfig
 from .models import is_scale_invariant
+from .nsr import NSRWindow
+
+__all__ = ["constant_lr_end", "constant_lr_window", "eq11_applies", "equilibrium_stats",
+           "first_decay_step", "run_equilibrium_stats"]
 
 
 def eq11_applies(config: RunConfig) -> bool:
@@ -35,39 +44,137 @@ def first_decay_step(config: RunConfig) -> float:
     return float(config.base_steps)
 
 
-def constant_lr_window(history: pd.DataFrame, config: RunConfig,
+def _steps(history: pd.DataFrame) -> pd.Series:
+    for column in ("effective_step", "step"):
+        if column in history:
+            return history[column]
+    raise ValueError(f"the history needs an 'effective_step' (or 'step') column, got "
+                     f"{list(history.columns)}")
+
+
+def constant_lr_end(history: pd.DataFrame) -> float:
+    """Effective step of the last row before the logged LR (or λ) first changes: the end of the
+    constant-LR phase read from the history itself (the run's end if it never changes).
+
+    Raises:
+        ValueError: if the history is empty or has no ``lr`` column.
+    """
+    if history.empty or "lr" not in history:
+        raise ValueError("the history needs rows and an 'lr' column to find its constant-LR phase")
+    steps = _steps(history)
+    changed = history["lr"] != history["lr"].iloc[0]
+    if "wd" in history:
+        changed |= history["wd"] != history["wd"].iloc[0]
+    if not changed.any():
+        return float(steps.iloc[-1])
+    first = int(changed.to_numpy().argmax())  # ≥ 1: row 0 never differs from itself
+    return float(steps.iloc[first - 1])
+
+
+def constant_lr_window(history: pd.DataFrame, end: float | RunConfig,
                        start_frac: float = 0.5) -> pd.DataFrame:
     """History rows in the second part of the constant-LR phase: effective step in
-    (start_frac · T_decay, T_decay], where the authors measure G_t, N_t (epochs 200–250)."""
+    (start_frac · end, end], where the authors measure G_t, N_t (epochs 200–250 of 250).
+
+    Args:
+        history: the run's history table.
+        end: the end of the constant-LR phase in effective (base) steps, or a ``RunConfig``
+            (its first LR decay, :func:`first_decay_step`).
+        start_frac: where the window starts, as a fraction of ``end``, in [0, 1).
+
+    Raises:
+        ValueError: if ``start_frac`` is outside [0, 1).
+    """
     if not 0 <= start_frac < 1:
         raise ValueError(f"start_frac={start_frac!r} is not allowed; use a value in [0, 1)")
-    end = first_decay_step(config)
-    steps = history["effective_step"]
+    if isinstance(end, RunConfig):
+        end = first_decay_step(end)
+    steps = _steps(history)
     return history[(steps > start_frac * end) & (steps <= end)]
 
 
-def equilibrium_stats(history: pd.DataFrame, config: RunConfig, start_frac: float = 0.5) -> dict:
-    """Window means of G, N, R, E|g|², and eq. (11)'s two sides with their relative gap (NaN
-    where eq. 11 does not apply, see :func:`eq11_applies`)."""
-    w = constant_lr_window(history, config, start_frac)
+def _window_errors(w: pd.DataFrame) -> dict:
+    """Standard errors of the window means of G and N and of N/G, treating the rows (each a
+    mean over its logging window) as batch means."""
+    acc = NSRWindow()
+    for g, n, r in zip(w["G"], w["N"], w["R"] if "R" in w else [None] * len(w), strict=True):
+        if math.isfinite(g) and math.isfinite(n):
+            acc.add(g, n, r if r is not None and math.isfinite(r) else None)
+    s = acc.summary()
+    return {"G_se": s["G_se"], "N_se": s["N_se"], "N_over_G_se": s["N_over_G_se"],
+            "R_se": s["R_se"]}
+
+
+def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: float | None = None,
+                      l: float = 1.0, *, end: float | None = None, start_frac: float = 0.5,
+                      eq11: bool = True) -> dict:
+    """Window means of G, N, R, E|g|² late in the constant-LR phase, their standard errors, and
+    eq. (11)'s two sides with their relative gap.
+
+    Args:
+        history: a history table (see the module docstring for the columns).
+        eta: the per-step LR η (η/l for SVAG) in the window; default: the ``lr`` column there.
+        lam: the weight decay λ in the window; default: the ``wd`` column there (if any).
+        l: the SVAG hyperparameter of the run (1 for SGD).
+        end: effective step where the constant-LR phase ends (default: :func:`constant_lr_end`).
+        start_frac: the window is (start_frac · end, end].
+        eq11: whether eq. (11) applies (a scale-invariant net; see :func:`eq11_applies`);
+            False gives NaN for its columns.
+
+    Returns:
+        dict with ``G``, ``N``, ``R``, ``grad_sq``, ``N_over_G`` (means over the window's rows),
+        ``G_se``, ``N_se``, ``R_se``, ``N_over_G_se`` (over rows, which are already window means),
+        ``eq11_lhs``, ``eq11_rhs``, ``eq11_uses_estimator``, ``eq11_rel_err``, ``R_drift``
+        ((last − first R) / mean R), ``rows``, ``window_start``, ``window_end`` (effective steps).
+
+    Raises:
+        ValueError: if the window has no rows, or η / λ are not given and not constant in it.
+    """
+    if end is None:
+        end = constant_lr_end(history)
+    w = constant_lr_window(history, end, start_frac)
     if w.empty:
-        raise ValueError("the constant-LR window has no history rows; log more often")
-    eta, lam, l = config.step_lr, config.wd, config.l_eff
-    R, gsq = w["R"].mean(), w["grad_sq"].mean()
-    G, N = w["G"].mean(), w["N"].mean()
-    lhs = (2 - eta * lam) * lam * R
-    # E|g|² = G + l·N (SVAG's gradient has covariance l·Σ_B); with G, N from the online
-    # estimator this checks the estimator, with the measured |g|² it checks stationarity only.
-    estimated = not (math.isnan(G) or math.isnan(N))
-    rhs = eta * (G + l * N) if estimated else eta * gsq
+        raise ValueError(f"the constant-LR window ({start_frac * end:g}, {end:g}] has no history "
+                         "rows; log more often")
     nan = float("nan")
-    if not eq11_applies(config):
-        lhs = rhs = nan
+
+    def constant(column: str):
+        if column not in w:
+            return None
+        values = w[column].unique()
+        if len(values) != 1:
+            raise ValueError(f"{column!r} is not constant in the window ({start_frac * end:g}, "
+                             f"{end:g}]: pass it explicitly or choose the window")
+        return float(values[0])
+
+    eta = constant("lr") if eta is None else eta
+    lam = constant("wd") if lam is None else lam
+    R = w["R"].mean() if "R" in w else nan
+    gsq = w["grad_sq"].mean() if "grad_sq" in w else nan
+    G, N = w["G"].mean(), w["N"].mean()
+    estimated = not (math.isnan(G) or math.isnan(N))
+    lhs = rhs = nan
+    if eq11 and lam is not None and eta is not None:
+        lhs = (2 - eta * lam) * lam * R
+        # E|g|² = G + l·N (SVAG's gradient has covariance l·Σ_B); with G, N from the online
+        # estimator this checks the estimator, with the measured |g|² it checks stationarity.
+        rhs = eta * (G + l * N) if estimated else eta * gsq
     return {
         "G": G, "N": N, "R": R, "grad_sq": gsq,
-        "nsr": N / G if estimated and G else nan,
+        "N_over_G": N / G if estimated and G else nan,
+        **_window_errors(w),
         "eq11_lhs": lhs, "eq11_rhs": rhs, "eq11_uses_estimator": estimated,
         "eq11_rel_err": abs(lhs - rhs) / abs(rhs) if rhs != 0 else nan,
-        "R_drift": (w["R"].iloc[-1] - w["R"].iloc[0]) / R if len(w) > 1 else float("nan"),
+        "R_drift": (w["R"].iloc[-1] - w["R"].iloc[0]) / R if len(w) > 1 and "R" in w else nan,
         "rows": len(w),
+        "window_start": start_frac * end, "window_end": end,
     }
+
+
+def run_equilibrium_stats(history: pd.DataFrame, config: RunConfig,
+                          start_frac: float = 0.5) -> dict:
+    """:func:`equilibrium_stats` with (η, λ, l), the window and eq. (11)'s applicability taken
+    from a paperlib run's config (η is the per-step LR η/l for SVAG)."""
+    return equilibrium_stats(history, config.step_lr, config.wd, config.l_eff,
+                             end=first_decay_step(config), start_frac=start_frac,
+                             eq11=eq11_applies(config))

@@ -20,7 +20,7 @@ import pandas as pd
 from .claims import Claim, check
 from .config import RunConfig, preset
 from .constants import PRESETS
-from .equilibrium import constant_lr_window, eq11_applies, equilibrium_stats
+from .equilibrium import constant_lr_window, eq11_applies, run_equilibrium_stats
 from .files import StaleResultError
 from .lsr import lsr_failure_batch, predict_critical_batch
 from .store import RunResult, load_result, run, run_id
@@ -179,7 +179,7 @@ def equilibrium_table(df: pd.DataFrame, results: list[RunResult]) -> pd.DataFram
     for rid, h in df.groupby("run_id", sort=False):
         if h["status"].iloc[0] != "complete":
             continue
-        stats = equilibrium_stats(h, cfgs[rid])
+        stats = run_equilibrium_stats(h, cfgs[rid])
         rows.append({"run_id": rid, **{c: h[c].iloc[0] for c in RUN_COLUMNS}, **stats})
     return pd.DataFrame(rows)
 
@@ -286,10 +286,10 @@ def fig1_gap(df: pd.DataFrame, results: list[RunResult]) -> pd.DataFrame:
     eq = equilibrium_table(df[df["algo"] == "sgd"], results)
     gd = _mean_acc(final, algo="gd")
     sgd = final[final["algo"] == "sgd"].merge(eq[["run_id", "G", "N"]], on="run_id")
-    sgd["nsr_G_over_N"] = sgd["G"] / sgd["N"]
+    sgd["G_over_N"] = sgd["G"] / sgd["N"]
     out = sgd.groupby("batch_size").agg(final_test_acc=("final_test_acc", "mean"),
                                         acc_sd=("final_test_acc", "std"),
-                                        G_over_N=("nsr_G_over_N", "mean")).reset_index()
+                                        G_over_N=("G_over_N", "mean")).reset_index()
     out["gap_vs_gd"] = out["final_test_acc"] - gd
     return out
 

@@ -88,9 +88,11 @@ def critical_kappa(G: float, N: float, C: float = SQRT2) -> float:
 
 
 def predict_critical_batch(G: float, N: float, batch_size: float, C: float = SQRT2) -> float:
-    """Predicted critical batch size B* = B · C²(1 + N/G) (Thm 5.6, eq. 15).
+    """The critical batch size B* = B · C²(1 + N/G) of Thm 5.6 (eq. 15).
 
-    Scaling B (and η) by more than κ* = C²(1 + N/G) certainly breaks (C, κ)-LSI.
+    What the theorem says: scaling B (and η) from the baseline by any κ > κ* = C²(1 + N/G)
+    certainly breaks (C, κ)-LSI, i.e. the linear scaling rule fails beyond B*. It is a bound
+    from one run, not the batch where failure starts: the LSR may already fail below B*.
 
     Args:
         G: equilibrium |∇L|² of the baseline run, > 0.

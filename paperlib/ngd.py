@@ -1,23 +1,23 @@
 """Noisy Gradient Descent (NGD), eq. (3) of Li, Malladi, Arora (2021), via per-example weights.
 
 NGD takes x ← x − η∇L(x) + η Σ^{1/2}(x) z with z ~ N(0, I) and Σ the covariance of the SGD
-minibatch gradient. On a finite training set of N examples with per-example losses ℓ_i and
-gradients a_i = ∇ℓ_i, write ∇L = (1/N) Σ_i a_i and the population (1/N-normalized)
-per-example covariance Σ₁ = (1/N) Σ_i (a_i − ∇L)(a_i − ∇L)ᵀ. With z ~ N(0, I_N) and
+minibatch gradient. On a finite training set of n examples with per-example losses ℓ_i and
+gradients a_i = ∇ℓ_i, write ∇L = (1/n) Σ_i a_i and the population (1/n-normalized)
+per-example covariance Σ₁ = (1/n) Σ_i (a_i − ∇L)(a_i − ∇L)ᵀ. With z ~ N(0, I_n) and
 
-    w_i = 1/N + (z_i − z̄) / sqrt(N·B),
+    w_i = 1/n + (z_i − z̄) / sqrt(n·B),
 
 the weighted loss Σ_i w_i ℓ_i has gradient
 
-    Σ_i w_i a_i = ∇L + Σ_i z_i (a_i − ∇L) / sqrt(N·B)      (because Σ_i (z_i − z̄) = 0,
+    Σ_i w_i a_i = ∇L + Σ_i z_i (a_i − ∇L) / sqrt(n·B)      (because Σ_i (z_i − z̄) = 0,
                                                             and Σ_i (a_i − ∇L) = 0),
 
-a Gaussian with mean ∇L and covariance Σ_i (a_i − ∇L)(a_i − ∇L)ᵀ / (N·B) = Σ₁ / B exactly,
-without ever forming Σ^{1/2}. This is the authors' δ_i = 1 + sqrt(N/B)(z_i − z̄) on the mean loss.
+a Gaussian with mean ∇L and covariance Σ_i (a_i − ∇L)(a_i − ∇L)ᵀ / (n·B) = Σ₁ / B exactly,
+without ever forming Σ^{1/2}. This is the authors' δ_i = 1 + sqrt(n/B)(z_i − z̄) on the mean loss.
 
 Σ₁/B is the covariance of a batch-B gradient drawn WITH replacement. SGD batches drawn without
-replacement have covariance Σ₁/B · (N − B)/(N − 1); pass ``finite_population=True`` to match
-that instead (the noise part is scaled by sqrt((N − B)/(N − 1))). For N = 50 000, B = 125 the
+replacement have covariance Σ₁/B · (n − B)/(n − 1); pass ``finite_population=True`` to match
+that instead (the noise part is scaled by sqrt((n − B)/(n − 1))). For n = 50 000, B = 125 the
 factor is 0.9975.
 
 Training-loop contract: draw the weights ONCE per step (the same z for every micro-batch of that
@@ -56,11 +56,11 @@ def ngd_weights(
 ) -> torch.Tensor:
     """Per-example loss weights whose weighted gradient is one NGD gradient (eq. 3).
 
-    w_i = 1/N + s · (z_i − z̄) / sqrt(N·B) with z ~ N(0, I_N) from ``generator``, where s = 1
+    w_i = 1/n + s · (z_i − z̄) / sqrt(n·B) with z ~ N(0, I_n) from ``generator``, where s = 1
     (noise covariance Σ₁/B, i.i.d./with-replacement batches) or, with ``finite_population``,
-    s = sqrt((N − B)/(N − 1)) (noise covariance Σ₁/B · (N − B)/(N − 1), batches drawn without
+    s = sqrt((n − B)/(n − 1)) (noise covariance Σ₁/B · (n − B)/(n − 1), batches drawn without
     replacement). Then Σ_i w_i ∇ℓ_i = ∇L + ξ with ξ exactly Gaussian, E ξ = 0 and
-    Cov ξ = s² Σ₁ / B, Σ₁ the 1/N-normalized per-example covariance (see the module docstring
+    Cov ξ = s² Σ₁ / B, Σ₁ the 1/n-normalized per-example covariance (see the module docstring
     for the derivation). Σ_i w_i = 1 up to rounding (the deviations z_i − z̄ sum to zero).
 
     z is drawn in float64 on the generator's device (or ``device`` if no generator is given),
@@ -68,7 +68,7 @@ def ngd_weights(
     the same generator state gives the same weights on every device up to the final cast.
 
     Args:
-        n: N, the number of training examples (≥ 2).
+        n: the number of training examples (≥ 2).
         batch_size: B, the SGD batch size whose noise level is matched (≥ 1; may exceed N when
             ``finite_population`` is False, since Σ₁/B is defined for any B).
         generator: source of z; ``None`` uses torch's global RNG.
@@ -103,10 +103,10 @@ def ngd_weights(
 def gd_weights(
     n: int, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
-    """Per-example loss weights 1/N of full-batch GD: Σ_i w_i ∇ℓ_i = ∇L (eq. 3 without noise).
+    """Per-example loss weights 1/n of full-batch GD: Σ_i w_i ∇ℓ_i = ∇L (eq. 3 without noise).
 
     Args:
-        n: N, the number of training examples (≥ 1).
+        n: the number of training examples (≥ 1).
         dtype: floating dtype of the result.
         device: device of the result.
 

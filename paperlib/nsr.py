@@ -8,20 +8,20 @@ and the noise-to-signal ratio is N/G. The theory (Thms 5.2, 5.5, 5.6) uses their
 means G_∞, N_∞, R_∞, estimated by averaging per-step estimates over a window of steps
 (:class:`NSRWindow`).
 
-Finite-population facts used throughout. Let the training set have N examples with per-example
-gradients a_i, mean ∇L and population covariance Σ₁ = (1/N) Σ_i (a_i − ∇L)(a_i − ∇L)ᵀ (1/N
+Finite-population facts used throughout. Let the training set have n examples with per-example
+gradients a_i, mean ∇L and population covariance Σ₁ = (1/n) Σ_i (a_i − ∇L)(a_i − ∇L)ᵀ (1/n
 normalization). For the mean g_b of b examples
 
 * drawn i.i.d. with replacement:        Cov g_b = Σ₁ / b;
-* drawn without replacement:            Cov g_b = Σ₁ / b · (N − b)/(N − 1);
+* drawn without replacement:            Cov g_b = Σ₁ / b · (n − b)/(n − 1);
 * two disjoint batches of one without-replacement draw (e.g. two halves of an SGD batch, or
-  SVAG's two halves of a 2B slice of a permutation): Cov(g_b, g'_b) = −Σ₁/(N − 1), because
-  distinct positions of a without-replacement draw have Cov(a_I, a_J) = −Σ₁/(N − 1).
+  SVAG's two halves of a 2B slice of a permutation): Cov(g_b, g'_b) = −Σ₁/(n − 1), because
+  distinct positions of a without-replacement draw have Cov(a_I, a_J) = −Σ₁/(n − 1).
 
-So N at batch size B is Tr Σ₁ / B (with replacement) or Tr Σ₁ / B · (N − B)/(N − 1) (without;
+So N at batch size B is Tr Σ₁ / B (with replacement) or Tr Σ₁ / B · (n − B)/(n − 1) (without;
 all of the project's samplers but "replacement" draw each batch without replacement), see
 :func:`noise_trace`. The relative difference matters for small training subsets; for the
-signal estimate it matters even for N = 50 000 when the NSR is large (see :func:`direct_nsr`).
+signal estimate it matters even for n = 50 000 when the NSR is large (see :func:`direct_nsr`).
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ def sampler_population(sampler: str, n: int) -> int | None:
     """The ``n`` argument of the estimators below for one of ``constants.SAMPLERS``.
 
     "replacement" draws batches i.i.d. with replacement (infinite-population formulas, ``None``);
-    "reshuffle", "iid" and "fixed" draw each batch without replacement from the N examples
+    "reshuffle", "iid" and "fixed" draw each batch without replacement from the n examples
     (marginally over the random permutation for "fixed"), so they return ``n``.
 
     Args:
         sampler: one of ``constants.SAMPLERS``.
-        n: the training-set size N (≥ 2).
+        n: the training-set size n (≥ 2).
 
     Returns:
         ``n`` or ``None``.
@@ -79,14 +79,14 @@ def noise_trace(trace_sigma1, batch_size: int, n: int | None = None):
     """N = Tr Σ_B from the per-example trace Tr Σ₁ (Sec. 5: Σ^B = Σ₁/B, plus the finite factor).
 
     N = Tr Σ₁ / B when ``n`` is None (batches drawn with replacement / infinite population) and
-    N = Tr Σ₁ / B · (N − B)/(N − 1) when ``n`` is given (batches drawn without replacement from
-    N examples; Σ₁ is the 1/N-normalized population covariance).
+    N = Tr Σ₁ / B · (n − B)/(n − 1) when ``n`` is given (batches drawn without replacement from
+    n examples; Σ₁ is the 1/n-normalized population covariance).
 
     Args:
         trace_sigma1: Tr Σ₁, a number ≥ 0 or a tensor of any shape (applied elementwise; tensors
             are not range-checked, to avoid a device sync).
         batch_size: B ≥ 1 (B ≤ n when n is given).
-        n: the population size N ≥ 2, or None.
+        n: the population size n ≥ 2, or None.
 
     Returns:
         Same type/shape as ``trace_sigma1``.
@@ -179,13 +179,13 @@ def direct_nsr(
 
     * ``n`` None (with replacement): V = Σ₁/b, so Tr Σ₁ = b · N̂_raw, Ĝ = Ĝ_raw.
     * ``n`` given, ``disjoint=False`` (k independent draws, each without replacement inside):
-      V = Σ₁/b · (N − b)/(N − 1), so Tr Σ₁ = N̂_raw · b(N − 1)/(N − b), Ĝ = Ĝ_raw.
+      V = Σ₁/b · (n − b)/(n − 1), so Tr Σ₁ = N̂_raw · b(n − 1)/(n − b), Ĝ = Ĝ_raw.
     * ``n`` given, ``disjoint=True`` (k disjoint batches of one without-replacement draw of kb
       examples, e.g. consecutive batches of one reshuffled epoch): additionally
-      Cov(g_i, g_j) = −Σ₁/(N − 1) for i ≠ j, so E|ḡ|² = G + Tr V/k − (k − 1)Tr Σ₁/(k(N − 1)) and
-      E Ĝ_raw = G − Tr Σ₁/(N − 1), E N̂_raw = Tr V + Tr Σ₁/(N − 1) = Tr Σ₁ · N/(b(N − 1)).
-      Hence Tr Σ₁ = N̂_raw · b(N − 1)/N and Ĝ = Ĝ_raw + Tr Σ₁/(N − 1).
-      The uncorrected Ĝ_raw is biased low by Tr Σ₁/(N − 1) = G · (b · NSR_b)/(N − 1) roughly,
+      Cov(g_i, g_j) = −Σ₁/(n − 1) for i ≠ j, so E|ḡ|² = G + Tr V/k − (k − 1)Tr Σ₁/(k(n − 1)) and
+      E Ĝ_raw = G − Tr Σ₁/(n − 1), E N̂_raw = Tr V + Tr Σ₁/(n − 1) = Tr Σ₁ · n/(b(n − 1)).
+      Hence Tr Σ₁ = N̂_raw · b(n − 1)/n and Ĝ = Ĝ_raw + Tr Σ₁/(n − 1).
+      The uncorrected Ĝ_raw is biased low by Tr Σ₁/(n − 1) = G · (b · NSR_b)/(n − 1) roughly,
       which is not small when the NSR is large.
 
     Then N̂ = noise_trace(Tr Σ₁, batch_size, n). All estimates are unbiased (Ĝ can be negative).
@@ -195,7 +195,7 @@ def direct_nsr(
             are independent replicates). Computed in float64.
         b: the batch size of each gradient, or None (then ``batch_size`` and ``n`` must be None).
         batch_size: B, the batch size at which N is reported (default ``b``).
-        n: the population size N ≥ 2 for without-replacement sampling, or None.
+        n: the population size n ≥ 2 for without-replacement sampling, or None.
         disjoint: the k batches are disjoint parts of one without-replacement draw (needs
             k·b ≤ n; ignored when ``n`` is None).
 
@@ -237,13 +237,13 @@ def online_nsr(
       Ĝ = ⟨g1,g2⟩ and N̂ = |g1 − g2|²/2 · b/B.
     * ``n`` given, ``disjoint=True`` (g1, g2 are the two halves of one without-replacement draw
       of 2b examples: two halves of one SGD batch, or SVAG's two batches from one permutation):
-      Var g_b = Σ₁/b · (N − b)/(N − 1) and Cov(g1, g2) = −Σ₁/(N − 1), so
-      E|g1 − g2|²/2 = Tr Σ₁ · N/(b(N − 1)) and E⟨g1,g2⟩ = G − Tr Σ₁/(N − 1). Hence
-      Tr Σ̂₁ = |g1 − g2|²/2 · b(N − 1)/N, Ĝ = ⟨g1,g2⟩ + Tr Σ̂₁/(N − 1),
-      N̂ = noise_trace(Tr Σ̂₁, B, N).
+      Var g_b = Σ₁/b · (n − b)/(n − 1) and Cov(g1, g2) = −Σ₁/(n − 1), so
+      E|g1 − g2|²/2 = Tr Σ₁ · n/(b(n − 1)) and E⟨g1,g2⟩ = G − Tr Σ₁/(n − 1). Hence
+      Tr Σ̂₁ = |g1 − g2|²/2 · b(n − 1)/n, Ĝ = ⟨g1,g2⟩ + Tr Σ̂₁/(n − 1),
+      N̂ = noise_trace(Tr Σ̂₁, B, n).
     * ``n`` given, ``disjoint=False`` (two independent draws, each without replacement inside):
-      E⟨g1,g2⟩ = G, E|g1 − g2|²/2 = Tr Σ₁/b · (N − b)/(N − 1), so
-      Tr Σ̂₁ = |g1 − g2|²/2 · b(N − 1)/(N − b), Ĝ = ⟨g1,g2⟩, N̂ = noise_trace(Tr Σ̂₁, B, N).
+      E⟨g1,g2⟩ = G, E|g1 − g2|²/2 = Tr Σ₁/b · (n − b)/(n − 1), so
+      Tr Σ̂₁ = |g1 − g2|²/2 · b(n − 1)/(n − b), Ĝ = ⟨g1,g2⟩, N̂ = noise_trace(Tr Σ̂₁, B, n).
 
     Both estimates are unbiased but very noisy for one step; average them over a window of steps
     (:class:`NSRWindow`). Ĝ can be negative.
@@ -252,7 +252,7 @@ def online_nsr(
         g1, g2: flattened gradients ``[..., d]`` of the same shape (leading dims = replicates).
         b: batch size of each of g1, g2 (≥ 1).
         batch_size: B, the batch size at which N is reported (≥ 1, ≤ n if n is given).
-        n: population size N ≥ 2 for without-replacement sampling, or None.
+        n: population size n ≥ 2 for without-replacement sampling, or None.
         disjoint: g1, g2 come from one without-replacement draw (needs 2b ≤ n); ignored if
             ``n`` is None.
 
@@ -276,10 +276,10 @@ def online_nsr(
 def per_example_nsr(
     per_example_grads: torch.Tensor, batch_size: int, without_replacement: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact (G, N) at batch size B from all N per-example gradients (Sec. 5 definitions).
+    """Exact (G, N) at batch size B from all n per-example gradients (Sec. 5 definitions).
 
-    G = |(1/N) Σ_i a_i|², Tr Σ₁ = (1/N) Σ_i |a_i − ∇L|² and
-    N = noise_trace(Tr Σ₁, B, N if without_replacement else None).
+    G = |(1/n) Σ_i a_i|², Tr Σ₁ = (1/n) Σ_i |a_i − ∇L|² and
+    N = noise_trace(Tr Σ₁, B, n if without_replacement else None).
 
     Args:
         per_example_grads: tensor ``[n, d]`` of per-example gradients, n ≥ 2 (float64 inside).
@@ -372,8 +372,9 @@ class NSRWindow:
 
     Standard errors are sample std / sqrt(count), i.e. they assume independent steps; consecutive
     SGD steps are autocorrelated, so treat them as a lower bound (thin the steps, or use batch
-    means over sub-windows, for honest error bars). The ratio ``nsr`` = mean N / mean G is a ratio
-    of means (single-step Ĝ can be ≤ 0); ``nsr_se`` is its delta-method standard error.
+    means over sub-windows, for honest error bars). The ratio ``N_over_G`` = mean N / mean G is a
+    ratio of means (single-step Ĝ can be ≤ 0); ``N_over_G_se`` is its delta-method standard
+    error.
     """
 
     def __init__(self) -> None:
@@ -428,9 +429,9 @@ class NSRWindow:
         """Means, standard errors and the ratio over the window.
 
         Returns:
-            dict with keys ``count``, ``G``, ``N``, ``R``, ``G_se``, ``N_se``, ``R_se``, ``nsr``,
-            ``nsr_se`` (NaN where undefined: no data, fewer than 2 steps for an SE, no R given,
-            or mean G ≤ 0 for the ratio). An empty window gives count 0 and NaNs.
+            dict with keys ``count``, ``G``, ``N``, ``R``, ``G_se``, ``N_se``, ``R_se``,
+            ``N_over_G``, ``N_over_G_se`` (NaN where undefined: no data, fewer than 2 steps for
+            an SE, no R given, or mean G ≤ 0 for the ratio). An empty window gives count 0 and NaNs.
         """
         nan = float("nan")
         c, rc = self.count, self.r_count
@@ -446,16 +447,16 @@ class NSRWindow:
             "G_se": se(self._m2_g, c),
             "N_se": se(self._m2_n, c),
             "R_se": se(self._m2_r, rc),
-            "nsr": nan,
-            "nsr_se": nan,
+            "N_over_G": nan,
+            "N_over_G_se": nan,
         }
         if c and self._mean_g > 0.0:
             ratio = self._mean_n / self._mean_g
-            out["nsr"] = ratio
+            out["N_over_G"] = ratio
             if c >= 2:
                 var_g = self._m2_g / (c - 1) / c
                 var_n = self._m2_n / (c - 1) / c
                 cov = self._c_gn / (c - 1) / c
                 var_ratio = (var_n - 2 * ratio * cov + ratio**2 * var_g) / self._mean_g**2
-                out["nsr_se"] = math.sqrt(max(var_ratio, 0.0))
+                out["N_over_G_se"] = math.sqrt(max(var_ratio, 0.0))
         return out

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+# No matplotlib.use(...) here: importing the library must not change the caller's backend
+# (inline in Jupyter; matplotlib itself falls back to Agg where there is no display).
+import matplotlib.pyplot as plt
+import seaborn as sns
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
 

@@ -25,10 +25,10 @@ normalization layers that couple examples (BatchNorm) each half must get its own
 (the loop may special-case it).
 
 Lemma 4.7 assumes γ1, γ2 independent. If instead the 2B examples are one slice of a random
-permutation of N examples (the authors' loader), the halves are negatively correlated,
-Cov(g_γ1, g_γ2) = −Σ₁/(N − 1) (Σ₁: 1/N-normalized per-example covariance), and the update
-covariance becomes (η/l)² Σ₁ [l (N − B)/(B(N − 1)) + (l − 1)/(N − 1)] instead of
-(η/l)² · l Σ_B with Σ_B = Σ₁ (N − B)/(B(N − 1)): a relative excess of (1 − 1/l) B/(N − B)
+permutation of n examples (the authors' loader), the halves are negatively correlated,
+Cov(g_γ1, g_γ2) = −Σ₁/(n − 1) (Σ₁: 1/n-normalized per-example covariance), and the update
+covariance becomes (η/l)² Σ₁ [l (n − B)/(B(n − 1)) + (l − 1)/(n − 1)] instead of
+(η/l)² · l Σ_B with Σ_B = Σ₁ (n − B)/(B(n − 1)): a relative excess of (1 − 1/l) B/(n − B)
 (0.26% for CIFAR-10 at B = 128, but 2.6% on a 5 000-example subset). The mean is unaffected.
 """
 

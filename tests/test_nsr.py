@@ -273,7 +273,7 @@ def test_direct_estimator_on_cnn_matches_exact(cnn_setup):
 def test_nsr_window():
     w = NSRWindow()
     s = w.summary()
-    assert s["count"] == 0 and math.isnan(s["G"]) and math.isnan(s["nsr"])
+    assert s["count"] == 0 and math.isnan(s["G"]) and math.isnan(s["N_over_G"])
     gen = torch.Generator().manual_seed(3)
     gs = 1.0 + 0.5 * torch.randn(500, generator=gen, dtype=DT)
     ns = 4.0 + 0.3 * gs + torch.randn(500, generator=gen, dtype=DT)
@@ -287,12 +287,12 @@ def test_nsr_window():
     assert s["R"] == pytest.approx(float(rs.mean()), rel=1e-12)
     assert s["G_se"] == pytest.approx(float(gs.std()) / math.sqrt(500), rel=1e-10)
     assert s["R_se"] == pytest.approx(float(rs.std()) / math.sqrt(500), rel=1e-10)
-    assert s["nsr"] == pytest.approx(float(ns.mean() / gs.mean()), rel=1e-12)
+    assert s["N_over_G"] == pytest.approx(float(ns.mean() / gs.mean()), rel=1e-12)
     # delta method with the sample covariance
     cov = torch.cov(torch.stack([gs, ns])) / 500
-    r = s["nsr"]
+    r = s["N_over_G"]
     var = (cov[1, 1] - 2 * r * cov[0, 1] + r**2 * cov[0, 0]) / gs.mean() ** 2
-    assert s["nsr_se"] == pytest.approx(float(var.sqrt()), rel=1e-9)
+    assert s["N_over_G_se"] == pytest.approx(float(var.sqrt()), rel=1e-9)
     w.add(1.0, 2.0)  # R optional
     assert w.summary()["count"] == 501 and w.r_count == 500
     with pytest.raises(ValueError, match="finite"):
@@ -302,4 +302,4 @@ def test_nsr_window():
     w.reset()
     assert w.summary()["count"] == 0
     w.add(-1.0, 1.0)
-    assert math.isnan(w.summary()["nsr"])
+    assert math.isnan(w.summary()["N_over_G"])

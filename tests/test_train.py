@@ -11,7 +11,7 @@ import torch
 from paperlib import store
 from paperlib.__main__ import main
 from paperlib.config import RunConfig, preset
-from paperlib.equilibrium import eq11_applies, equilibrium_stats
+from paperlib.equilibrium import eq11_applies, run_equilibrium_stats
 from paperlib.files import StaleResultError
 from paperlib.history import HISTORY_COLUMNS
 from paperlib.train import train
@@ -203,7 +203,7 @@ def test_equilibrium_identity_on_a_short_run():
     """Eq. (11) uses the recorded R and E|g|²; its two sides must be finite and comparable."""
     cfg = smoke(steps=200, milestones=(200.0,), log_every=10, eval_every=200)
     history = train(cfg, progress=False).history
-    stats = equilibrium_stats(history, cfg)
+    stats = run_equilibrium_stats(history, cfg)
     assert stats["rows"] == 10 and math.isfinite(stats["eq11_rel_err"])
     # where eq. (11) does not apply, its columns are NaN and the window means stay
     for other in (cfg.replace(norm="none"), cfg.replace(arch="resnet8"),
@@ -211,7 +211,7 @@ def test_equilibrium_identity_on_a_short_run():
                   cfg.replace(schedule="triangle", milestones=()),
                   cfg.replace(wd_milestones=(100.0,), wd_gamma=0.5)):
         assert not eq11_applies(other), other.summary()
-        s = equilibrium_stats(history, other)
+        s = run_equilibrium_stats(history, other)
         assert math.isnan(s["eq11_rel_err"]) and math.isnan(s["eq11_lhs"])
         assert math.isfinite(s["R"]) and math.isfinite(s["grad_sq"])
     assert eq11_applies(cfg.replace(wd_milestones=(200.0,), wd_gamma=0.5))
@@ -254,8 +254,15 @@ def test_cli_train_and_predict_lsr(tmp_path, capsys):
     (run_dir,) = list(runs.iterdir())
     assert main(["predict-lsr", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "predicted largest safe batch size" in out and "Thm 5.6" in out
+    assert "critical batch size B*" in out and "Thm 5.6" in out
     assert main(["predict-lsr", str(tmp_path)]) == 2
+    # the same prediction from the run's history as a plain CSV log (a user's own training)
+    b_star = [line for line in out.splitlines() if "B* =" in line]
+    csv = run_dir / "history.csv"
+    assert main(["predict-lsr", str(csv)]) == 2  # a CSV log needs --batch-size
+    assert main(["predict-lsr", str(csv), "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "B* =" in line] == b_star
 
 
 def test_eval_from_skips_early_evaluations_and_keeps_the_last():
