@@ -26,7 +26,6 @@ __all__ = [
     "lsr_failure_batch",
     "predict_critical_batch",
     "predict_critical_batch_approx",
-    "predicted_critical_range",
 ]
 
 SQRT2 = math.sqrt(2.0)
@@ -129,42 +128,6 @@ def predict_critical_batch_approx(
     c = _check_c(C)
     g, n = _check_gn(G, N)
     return c * c * _check_batch(batch_size) * n / g
-
-
-def predicted_critical_range(
-    batch_sizes: Sequence[float],
-    G: Sequence[float],
-    N: Sequence[float],
-    C: float = SQRT2,
-    approx: bool = True,
-) -> tuple[float, float]:
-    """Minimal and maximal predicted critical batch size over several baseline runs (Fig 3).
-
-    Each baseline (B, G_B, N_B) predicts B* = C²·B·N_B/G_B (``approx``) or B·C²(1 + N_B/G_B):
-    the batch size where its line G/N ∝ B (LSR keeps G and scales N by 1/κ) crosses the
-    threshold G/N = C². Fig 3 reports the smallest and largest of these predictions.
-
-    Args:
-        batch_sizes: baseline batch sizes, each > 0.
-        G: matching equilibrium |∇L|² values, each > 0.
-        N: matching equilibrium Tr Σ_B values (each at its own B), each ≥ 0.
-        C: closeness constant, > 1.
-        approx: use the approximation of the Fig 3 caption (default) or the exact eq. 15.
-
-    Returns:
-        ``(min B*, max B*)``.
-
-    Raises:
-        ValueError: if the sequences are empty or of different lengths, or any entry is invalid.
-    """
-    if not (len(batch_sizes) == len(G) == len(N)) or len(batch_sizes) == 0:
-        raise ValueError(
-            "batch_sizes, G and N must be non-empty and of equal length, got lengths "
-            f"{len(batch_sizes)}, {len(G)}, {len(N)}"
-        )
-    fn = predict_critical_batch_approx if approx else predict_critical_batch
-    preds = [fn(g, n, b, C) for b, g, n in zip(batch_sizes, G, N, strict=True)]
-    return min(preds), max(preds)
 
 
 def lsi_threshold(kappa: float, C: float = SQRT2) -> float:

@@ -368,12 +368,6 @@ def trained_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def count_parameters(model: nn.Module, trained_only: bool = True) -> int:
-    """Number of scalar parameters (only the trained ones unless ``trained_only=False``)."""
-    params = trained_parameters(model) if trained_only else list(model.parameters())
-    return sum(p.numel() for p in params)
-
-
 @torch.no_grad()
 def scale_invariance_error(model: nn.Module, x: torch.Tensor, c: float = 10.0) -> float:
     """max|f_{cW}(x) − f_W(x)| / max|f_W(x)| with W all trained parameters scaled by c > 0.

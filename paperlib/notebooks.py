@@ -214,11 +214,6 @@ def select(only: list[str] | None = None) -> list[Figure]:
     return [f for f in FIGURES if f.id in ids]
 
 
-def notebook_paths() -> list[Path]:
-    """The source notebooks (each runs at smoke in the tests)."""
-    return sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-
-
 def execute_all(preset: str = "cpu", only: list[str] | None = None) -> dict[str, float]:
     """Execute each figure's notebook with its parameters at ``preset``; return wall seconds
     per figure id. Figures that do not run at ``preset`` are listed with the reason."""

@@ -282,28 +282,32 @@ def per_example_nsr(
     N = noise_trace(Tr Σ₁, B, n if without_replacement else None).
 
     Args:
-        per_example_grads: tensor ``[n, d]`` of per-example gradients, n ≥ 2 (float64 inside).
+        per_example_grads: tensor ``[..., n, d]`` of per-example gradients, n ≥ 2 (float64
+            inside; leading dimensions are independent replicates, e.g. parallel chains).
         batch_size: B ≥ 1 (≤ n when ``without_replacement``).
         without_replacement: whether SGD batches are drawn without replacement.
 
     Returns:
-        ``(G, N)`` as 0-d float64 tensors.
+        ``(G, N)`` as float64 tensors of shape ``[...]``.
 
     Raises:
-        ValueError: if the tensor is not 2-d with n ≥ 2 rows, or batch_size is out of range.
+        ValueError: if the tensor is not at least 2-d with n ≥ 2 rows, or batch_size is out of
+            range.
     """
     a = per_example_grads
-    if not isinstance(a, torch.Tensor) or a.dim() != 2 or a.shape[0] < 2:
+    if not isinstance(a, torch.Tensor) or a.dim() < 2 or a.shape[-2] < 2:
         shape = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a)
-        raise ValueError(f"per_example_grads must be a tensor [n, d] with n >= 2, got {shape}")
-    n = a.shape[0]
+        raise ValueError(f"per_example_grads must be a tensor [..., n, d] with n >= 2, got "
+                         f"{shape}")
+    n = a.shape[-2]
     _check_int("batch_size", batch_size, 1)
     if without_replacement and batch_size > n:
         raise ValueError(f"batch_size must be in [1, n={n}] without replacement, got {batch_size}")
     a = a.to(torch.float64)
-    mean = a.mean(dim=0)
-    trace1 = (a - mean).square().sum(dim=1).mean()
-    return mean.square().sum(), noise_trace(trace1, batch_size, n if without_replacement else None)
+    mean = a.mean(dim=-2)
+    trace1 = (a - mean.unsqueeze(-2)).square().sum(dim=-1).mean(dim=-1)
+    return (mean.square().sum(dim=-1),
+            noise_trace(trace1, batch_size, n if without_replacement else None))
 
 
 def per_example_grads(

@@ -757,12 +757,12 @@ def normalized_linear_grads(W: torch.Tensor, A: torch.Tensor, onehot: torch.Tens
 
 def _exact_gn(W, A, onehot, scale, batch_size):
     """Exact G = |∇L|² and N = Tr Σ₁ / B (with-replacement batches) from all n examples."""
+    from .nsr import per_example_nsr
+
     C, n = W.shape[0], A.shape[0]
     per_ex = normalized_linear_grads(W, A.expand(C, n, A.shape[1])[:, :, None],
                                      onehot.expand(C, n, onehot.shape[1])[:, :, None], scale)
-    per_ex = per_ex.flatten(2)  # [C, n, K·dim]
-    mean = per_ex.mean(1)
-    return mean.square().sum(1), (per_ex - mean[:, None]).square().sum(2).mean(1) / batch_size
+    return per_example_nsr(per_ex.flatten(2), batch_size, without_replacement=False)
 
 
 def equilibrium_run(s: EquilibriumSettings, batch_size: int, l: int) -> dict:

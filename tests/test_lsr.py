@@ -12,7 +12,6 @@ from paperlib.lsr import (
     lsr_failure_batch,
     predict_critical_batch,
     predict_critical_batch_approx,
-    predicted_critical_range,
 )
 
 
@@ -58,15 +57,6 @@ def test_certificate_boundary():
     ts = [lsi_threshold(k) for k in (2.5, 4, 16, 1e6)]
     assert all(b > a > 0 for a, b in zip(ts, ts[1:], strict=False))
     assert ts[-1] == pytest.approx(1.0, abs=1e-5)
-
-
-def test_predicted_critical_range():
-    lo, hi = predicted_critical_range([64, 128, 256], [1.0, 1.0, 2.0], [4.0, 3.0, 1.0])
-    assert (lo, hi) == pytest.approx((256.0, 768.0))
-    lo, hi = predicted_critical_range([64], [1.0], [4.0], approx=False)
-    assert lo == hi == pytest.approx(640.0)
-    with pytest.raises(ValueError, match="equal length"):
-        predicted_critical_range([64, 128], [1.0], [4.0])
 
 
 @pytest.mark.parametrize(

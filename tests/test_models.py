@@ -9,7 +9,6 @@ from torch import nn
 from paperlib.models import (
     ExactBatchNorm2d,
     build_model,
-    count_parameters,
     is_scale_invariant,
     max_pool2x2,
     scale_invariance_error,
@@ -44,8 +43,8 @@ def _preresnet32_counts(w: int) -> tuple[int, int]:
 def test_preresnet32_parameter_counts(w):
     trained, total = _preresnet32_counts(w)
     model = build_model("preresnet32", width=w, norm="bn")
-    assert count_parameters(model) == trained
-    assert count_parameters(model, trained_only=False) == total
+    assert sum(p.numel() for p in trained_parameters(model)) == trained
+    assert sum(p.numel() for p in model.parameters()) == total
 
 
 def test_preresnet32_counts_literal():
@@ -63,8 +62,8 @@ def test_vgg16_parameter_counts():
     total = trained + 512 * 10 + 10
     for norm in ("bn", "none"):  # no affine norms: same counts
         model = build_model("vgg16", norm=norm)
-        assert count_parameters(model) == trained == 14_710_464
-        assert count_parameters(model, trained_only=False) == total
+        assert sum(p.numel() for p in trained_parameters(model)) == trained == 14_710_464
+        assert sum(p.numel() for p in model.parameters()) == total
 
 
 def test_vgg19_parameter_counts():
@@ -75,8 +74,8 @@ def test_vgg19_parameter_counts():
                    + 512 * 512 + 512 * 512 + 512 * 512 + 512 * 512)
     total = trained + 512 * 10 + 10
     model = build_model("vgg19", norm="bn")
-    assert count_parameters(model) == trained == 20_018_880
-    assert count_parameters(model, trained_only=False) == total
+    assert sum(p.numel() for p in trained_parameters(model)) == trained == 20_018_880
+    assert sum(p.numel() for p in model.parameters()) == total
 
 
 def test_resnet32_parameter_counts():
@@ -88,15 +87,16 @@ def test_resnet32_parameter_counts():
     bn = 2 * (16 + 10 * 16 + 10 * 32 + 10 * 64)
     total = convs + bn + 64 * 10 + 10
     model = build_model("resnet32", norm="bn")
-    assert count_parameters(model) == count_parameters(model, trained_only=False) == total
+    trained = sum(p.numel() for p in trained_parameters(model))
+    assert trained == sum(p.numel() for p in model.parameters()) == total
     assert total == 464_154  # the familiar 0.46M of He et al. 2016
 
 
 def test_convnet_parameter_count_and_width():
     model = build_model("convnet", width=2, norm="gn")
-    assert count_parameters(model) == 9 * (3 * 32 + 32 * 64 + 64 * 128)
+    assert sum(p.numel() for p in trained_parameters(model)) == 9 * (3 * 32 + 32 * 64 + 64 * 128)
     # head: 128 channels × 2×2 adaptive average pool → 10 (the CPU probe's convnet)
-    assert count_parameters(model, trained_only=False) == 9 * (3 * 32 + 32 * 64 + 64 * 128) \
+    assert sum(p.numel() for p in model.parameters()) == 9 * (3 * 32 + 32 * 64 + 64 * 128) \
         + 128 * 4 * 10 + 10
 
 
