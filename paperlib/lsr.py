@@ -26,6 +26,7 @@ __all__ = [
     "lsr_failure_batch",
     "predict_critical_batch",
     "predict_critical_batch_approx",
+    "simple_noise_scale",
 ]
 
 SQRT2 = math.sqrt(2.0)
@@ -128,6 +129,40 @@ def predict_critical_batch_approx(
     c = _check_c(C)
     g, n = _check_gn(G, N)
     return c * c * _check_batch(batch_size) * n / g
+
+
+def simple_noise_scale(G: float, N: float, batch_size: float, n: int | None = None) -> float:
+    """McCandlish et al. (2018)'s simple noise scale B_simple = Tr Σ₁ / |∇L|², from G and N.
+
+    Σ₁ is the per-example gradient covariance, so Tr Σ₁ = B·N with replacement and
+    Tr Σ₁ = B·N·(n − 1)/(n − B) for batches drawn without replacement from n examples (the
+    finite-population factor of :func:`paperlib.nsr.noise_trace`). It is their estimate of the
+    batch size where data parallelism stops paying off; Thm 5.6's bound from the same numbers is
+    B* = B·C²(1 + N/G) = C²·(B + B_simple·(n − B)/(n − 1)), i.e. ≈ C²(B + B_simple).
+
+    Args:
+        G: |∇L|² (> 0).
+        N: Tr Σ_B at batch size ``batch_size`` (≥ 0).
+        batch_size: the batch size B at which N was measured (> 0; < n when n is given).
+        n: the training-set size for without-replacement batches, or None.
+
+    Returns:
+        B_simple (examples) as a float.
+
+    Raises:
+        ValueError: if G ≤ 0, N < 0, batch_size ≤ 0 or ≥ n, n < 2, or any value is not finite.
+    """
+    g, nn = _check_gn(G, N)
+    b = _check_batch(batch_size)
+    trace1 = b * nn
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"n must be an integer >= 2 or None, got {n!r}")
+        if b >= n:
+            raise ValueError(f"batch_size must be < n={n} (at B = n there is no noise to measure), "
+                             f"got {batch_size!r}")
+        trace1 *= (n - 1) / (n - b)
+    return trace1 / g
 
 
 def lsi_threshold(kappa: float, C: float = SQRT2) -> float:

@@ -36,6 +36,7 @@ from paperlib.constants import SAMPLERS
 __all__ = [
     "NSRWindow",
     "direct_nsr",
+    "direct_nsr_from_norms",
     "noise_trace",
     "online_nsr",
     "per_example_grads",
@@ -219,6 +220,45 @@ def direct_nsr(
     _check_sampling(grads.shape[-2], b, batch_size, n, disjoint)
     g_raw, n_raw = _raw_moments(grads)
     return _corrected(g_raw, n_raw, b, batch_size, n, disjoint)
+
+
+def direct_nsr_from_norms(
+    sum_sq,
+    mean_sq,
+    k: int,
+    b: int,
+    batch_size: int | None = None,
+    n: int | None = None,
+    disjoint: bool = False,
+):
+    """:func:`direct_nsr` from two scalars instead of the k gradients: Σ_j |g_j|² and |ḡ|².
+
+    The k-sample estimator only needs mean_j |g_j|² = ``sum_sq`` / k and |ḡ|² = ``mean_sq``:
+    Ĝ_raw = (k|ḡ|² − mean_j |g_j|²)/(k − 1), N̂_raw = mean_j |g_j|² − Ĝ_raw, then the same
+    finite-population conversion as :func:`direct_nsr` (``n``, ``disjoint``). This is what a
+    training loop can afford to keep: a few numbers per micro-batch or per DDP rank, never the
+    k gradients (:mod:`paperlib.monitor`). Equal to :func:`direct_nsr` up to float rounding.
+
+    Args:
+        sum_sq: Σ_j |g_j|² over the k gradients (number or float tensor of any shape).
+        mean_sq: |ḡ|² of their mean ḡ (same shape as ``sum_sq``).
+        k: number of gradients, ≥ 2.
+        b, batch_size, n, disjoint: as in :func:`direct_nsr` (b is required here).
+
+    Returns:
+        ``(G_hat, N_hat)`` as float64 tensors of the inputs' shape.
+
+    Raises:
+        ValueError: k < 2, or the sizes are inconsistent (as :func:`direct_nsr`).
+    """
+    _check_int("k", k, 2)
+    batch_size = b if batch_size is None else batch_size
+    _check_sampling(k, b, batch_size, n, disjoint)
+    s = torch.as_tensor(sum_sq, dtype=torch.float64)
+    m = torch.as_tensor(mean_sq, dtype=torch.float64, device=s.device)
+    mean_j = s / k
+    g_raw = (k * m - mean_j) / (k - 1)
+    return _corrected(g_raw, mean_j - g_raw, b, batch_size, n, disjoint)
 
 
 def online_nsr(

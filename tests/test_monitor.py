@@ -1,0 +1,347 @@
+"""paperlib.monitor: G and N from accumulation micro-batches and DDP ranks.
+
+Statistical tests: a finite population of n per-example gradients a_i with known G = |w − ā|²
+and Σ₁ (per-example loss ½|w − a_i|² at a fixed point w), seeded, float64, two-sided z-tests at
+ALPHA with standard errors over independent epochs; each has a power check: the same raw norms
+read with the wrong sampling scheme must be rejected.
+"""
+
+import copy
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import paperlib
+from paperlib.lsr import predict_critical_batch, simple_noise_scale
+from paperlib.monitor import NoiseMonitor, estimate_from_norms
+from paperlib.nsr import direct_nsr, direct_nsr_from_norms, noise_trace
+
+ALPHA = 1e-3
+Z = 3.2905  # two-sided normal quantile at ALPHA
+
+
+class Point(torch.nn.Module):
+    """ℓ_i(w) = ½|w − a_i|²: the per-example gradient is w − a_i (a population we control)."""
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.w = torch.nn.Parameter(w.clone())
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.w - a  # [b, d]
+
+
+def point_loss(out: torch.Tensor) -> torch.Tensor:
+    return 0.5 * out.square().sum(1).mean()
+
+
+def population(n: int, d: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    a = 3.0 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = a.mean(0) + torch.tensor([0.5] + [0.0] * (d - 1), dtype=torch.float64)
+    G = float((w - a.mean(0)).square().sum())
+    trace1 = float((a - a.mean(0)).square().sum(1).mean())
+    return a, w, G, trace1
+
+
+def z(values: np.ndarray, truth: float) -> float:
+    return (values.mean() - truth) / (values.std(ddof=1) / math.sqrt(len(values)))
+
+
+# --- the scalar estimator -------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,disjoint", [(None, False), (64, False), (64, True)])
+def test_direct_nsr_from_norms_equals_direct_nsr(n, disjoint):
+    grads = torch.randn(5, 4, 30, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    G, N = direct_nsr(grads, 8, 32, n, disjoint)
+    sum_sq = grads.square().sum((-2, -1))
+    mean_sq = grads.mean(-2).square().sum(-1)
+    G2, N2 = direct_nsr_from_norms(sum_sq, mean_sq, 4, 8, 32, n, disjoint)
+    torch.testing.assert_close(G2, G, rtol=1e-12, atol=1e-12)  # same algebra, other rounding
+    torch.testing.assert_close(N2, N, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="k must be"):
+        direct_nsr_from_norms(1.0, 1.0, 1, 8)
+
+
+def test_simple_noise_scale_and_b_star_relation():
+    G, N, B, n = 2.0, 6.0, 32, 1000
+    trace1 = N * B * (n - 1) / (n - B)
+    assert simple_noise_scale(G, N, B, n) == pytest.approx(trace1 / G)
+    assert simple_noise_scale(G, N, B) == pytest.approx(N * B / G)
+    # Thm 5.6's B* = C²(B + B_simple·(n − B)/(n − 1))
+    assert predict_critical_batch(G, N, B) == pytest.approx(
+        2 * (B + simple_noise_scale(G, N, B, n) * (n - B) / (n - 1)))
+    for bad in [dict(G=0.0), dict(N=-1.0), dict(batch_size=1000, n=1000)]:
+        with pytest.raises(ValueError):
+            simple_noise_scale(**{"G": G, "N": N, "batch_size": B, "n": n, **bad})
+
+
+# --- gradient accumulation ------------------------------------------------------------------
+
+def _accumulate(model, mon, a_batches, k, scale=1.0, accumulation="mean"):
+    for a in a_batches:
+        loss = point_loss(model(a))
+        ((loss / k if accumulation == "mean" else loss) * scale).backward()
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_accumulation_equals_the_k_sample_estimator_on_the_micro_gradients(k):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    ref = copy.deepcopy(model)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    mon = NoiseMonitor(model, batch_size=32, sampling=paperlib.Sampling.shuffled(100))
+    grads = []
+    for xm, ym in zip(x.chunk(k), y.chunk(k), strict=True):
+        loss = torch.nn.functional.cross_entropy(ref(xm), ym)
+        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+            loss, list(ref.parameters()))]))
+        (torch.nn.functional.cross_entropy(model(xm), ym) / k).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # p.grad is not what it reads
+    row = mon.step(lr=0.1)
+    G, N = direct_nsr(torch.stack(grads), 32 // k, 32, 100, True)
+    # float32 gradients summed in another order: equal to float32 rounding
+    assert row["G"] == pytest.approx(float(G), rel=1e-5, abs=1e-7)
+    assert row["N"] == pytest.approx(float(N), rel=1e-5)
+    assert row["sources"] == k and mon.measured == 1
+
+
+def test_accumulation_unbiased_and_its_standard_error_falls_with_k():
+    n, B, epochs = 48, 16, 500
+    a, w, G, trace1 = population(n)
+    N = noise_trace(trace1, B, n)
+    gen = torch.Generator().manual_seed(3)
+    se = {}
+    for k in (2, 4, 8):
+        model = Point(w)
+        mon = NoiseMonitor(model, batch_size=B, sampling=paperlib.Sampling.shuffled(n),
+                           window=None)
+        per_epoch = []
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=gen)
+            for s in range(n // B):  # consecutive batches of a shuffled DataLoader
+                _accumulate(model, mon, a[perm[s * B:(s + 1) * B]].chunk(k), k)
+                mon.step(lr=0.0)
+            per_epoch.append(mon.history[-(n // B):])
+        rows = mon.history
+        g_hat = np.array([[r["G"] for r in e] for e in per_epoch]).mean(1)  # epoch means
+        n_hat = np.array([[r["N"] for r in e] for e in per_epoch]).mean(1)
+        assert abs(z(g_hat, G)) < Z, (k, g_hat.mean(), G)
+        assert abs(z(n_hat, N)) < Z, (k, n_hat.mean(), N)
+        # power: the same norms read as sampling with replacement are detected as biased
+        wrong = np.array([estimate_from_norms(r["sum_sq"], r["grad_sq"], sources=k,
+                                              batch_size=B,
+                                              sampling=paperlib.Sampling.with_replacement())
+                          for r in rows]).reshape(epochs, -1, 2).mean(1)
+        assert abs(z(wrong[:, 0], G)) > Z and abs(z(wrong[:, 1], N)) > Z, k
+        steps = np.array([[r["G"], r["N"]] for r in rows])
+        se[k] = steps.std(0, ddof=1) / math.sqrt(len(steps))
+    assert se[2][0] > se[4][0] > se[8][0], se  # G
+    assert se[2][1] > se[4][1] > se[8][1], se  # N
+
+
+def test_grad_scaler_scaling_leaves_the_estimate_unchanged_and_overflow_is_skipped():
+    n, B, k = 48, 16, 4
+    a, w, *_ = population(n)
+    a, w = a.float(), w.float()
+    plain, scaled = Point(w), Point(w)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    m1 = NoiseMonitor(plain, batch_size=B, sampling=paperlib.Sampling.shuffled(n))
+    m2 = NoiseMonitor(scaled, batch_size=B, sampling=paperlib.Sampling.shuffled(n),
+                      scaler=scaler)
+    for s in range(3):
+        batch = a[s * B:(s + 1) * B].chunk(k)
+        _accumulate(plain, m1, batch, k)
+        for ab in batch:
+            scaler.scale(point_loss(scaled(ab)) / k).backward()
+        r1, r2 = m1.step(), m2.step()
+        # a power-of-two scale is exact in floating point: equal to rounding of the sums
+        assert r2["G"] == pytest.approx(r1["G"], rel=1e-6)
+        assert r2["N"] == pytest.approx(r1["N"], rel=1e-6)
+    # the same with scale= given by hand and the "sum" convention (loss not divided by k)
+    model3 = Point(w)
+    m3 = NoiseMonitor(model3, batch_size=B, sampling=paperlib.Sampling.shuffled(n),
+                      accumulation="sum")
+    _accumulate(model3, m3, a[2 * B:3 * B].chunk(k), k, scale=256.0, accumulation="sum")
+    r3 = m3.step(scale=256.0)
+    assert r3["G"] == pytest.approx(r1["G"], rel=1e-6)
+    assert r3["N"] == pytest.approx(r1["N"], rel=1e-6)
+    # overflow: inf gradients are skipped (GradScaler skips the optimizer step too)
+    _accumulate(model3, m3, a[:B].chunk(k), k, scale=float("inf"))
+    assert m3.step(scale=1.0) is None
+    assert m3.skipped == 1 and "non-finite" in next(iter(m3.skip_reasons))
+    assert m3.step() is None and m3.skipped == 2  # no backward since the last step
+
+
+# --- one micro-batch: sgd_step's half batches ------------------------------------------------
+
+def test_step_stats_source_takes_sgd_steps_estimate():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
+    sampling = paperlib.Sampling.shuffled(200)
+    mon = NoiseMonitor(None, batch_size=32, sampling=sampling)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    stats = paperlib.sgd_step(model, loss_fn, x, y, sampling=sampling, measure=True)
+    row = mon.step(0.1, stats=stats)
+    assert (row["G"], row["N"]) == (float(stats.G), float(stats.N))
+    with pytest.raises(ValueError, match="needs step\\(stats"):
+        mon.step(0.1)
+    with pytest.raises(ValueError, match="one micro-batch"):
+        m = NoiseMonitor(model, batch_size=32, sampling=sampling)
+        loss_fn(model(x), y).mean().backward()
+        m.step()
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+def _fed(values, lrs=None, **kw):
+    mon = NoiseMonitor(None, batch_size=8, sampling=paperlib.Sampling.shuffled(1000), **kw)
+    for i, (g, nn) in enumerate(values):
+        stats = paperlib.StepStats(torch.zeros(1), torch.zeros(()), 8, None,
+                                   torch.tensor(g, dtype=torch.float64),
+                                   torch.tensor(nn, dtype=torch.float64))
+        mon.step(lrs[i] if lrs else 0.1, stats=stats)
+    return mon
+
+
+def test_summary_window_ema_and_predictions():
+    rng = np.random.default_rng(0)
+    vals = [(1.0 + 0.3 * rng.standard_normal(), 4.0 + rng.standard_normal()) for _ in range(60)]
+    mon = _fed(vals, window=40, blocks=10, ema=0.9)
+    s = mon.summary()
+    last = np.array(vals[-40:])
+    assert s["count"] == 40 and s["se_from"] == "blocks"
+    assert s["G"] == pytest.approx(last[:, 0].mean()) and s["N"] == pytest.approx(last[:, 1].mean())
+    blocks = last.reshape(10, 4, 2).mean(1)
+    assert s["G_se"] == pytest.approx(blocks[:, 0].std(ddof=1) / math.sqrt(10))
+    r = s["N"] / s["G"]
+    assert s["N_over_G"] == pytest.approx(r) and s["G_over_N"] == pytest.approx(1 / r)
+    assert s["G_over_N_se"] == pytest.approx(s["N_over_G_se"] / r ** 2)
+    assert s["B_star"] == pytest.approx(predict_critical_batch(s["G"], s["N"], 8))
+    assert s["B_star_se"] == pytest.approx(8 * 2 * s["N_over_G_se"])
+    assert s["B_simple"] == pytest.approx(simple_noise_scale(s["G"], s["N"], 8, 1000))
+    # bias-corrected EMA over all 60 steps
+    ema_g = 0.0
+    for g, _ in vals:
+        ema_g = 0.9 * ema_g + 0.1 * g
+    assert s["ema_G"] == pytest.approx(ema_g / (1 - 0.9 ** 60))
+    assert s["lr_constant"] is True
+    assert _fed(vals[:10], lrs=[0.1] * 5 + [0.01] * 5).summary()["lr_constant"] is False
+    one = _fed(vals[:1], ema=0.9).summary()  # bias correction: the first EMA is the value
+    assert one["ema_G"] == pytest.approx(vals[0][0]) and math.isnan(one["G_se"])
+
+
+def test_csv_log_feeds_predict_lsr(tmp_path, capsys):
+    from paperlib.__main__ import main
+
+    rng = np.random.default_rng(1)
+    vals = [(1.0 + 0.2 * rng.standard_normal(), 3.0 + 0.5 * rng.standard_normal())
+            for _ in range(50)]
+    mon = _fed(vals, log_dir=tmp_path, tensorboard=False)
+    mon.remove()
+    lines = (tmp_path / "noise.jsonl").read_text().splitlines()
+    assert len(lines) == 50 and json.loads(lines[-1])["G"] == pytest.approx(vals[-1][0])
+    assert main(["predict-lsr", str(tmp_path / "noise.csv"), "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    b_star = float(out.split("B* = B·C²(1 + N/G) = ")[1].split()[0])
+    second_half = np.array(vals[25:])
+    expected = predict_critical_batch(second_half[:, 0].mean(), second_half[:, 1].mean(), 8)
+    assert b_star == pytest.approx(expected, abs=0.5)
+
+
+def test_bad_arguments():
+    s = paperlib.Sampling.shuffled(100)
+    model = torch.nn.Linear(2, 2)
+    cases = [
+        (dict(batch_size=1, sampling=s), "batch_size=1"),
+        (dict(batch_size=8, sampling="shuffled"), "sampling must be"),
+        (dict(batch_size=100, sampling=s), "batch_size=100"),
+        (dict(batch_size=8, sampling=s, source="halves"), "source='halves'"),
+        (dict(batch_size=8, sampling=s, source="ranks"), "DistributedDataParallel"),
+        (dict(batch_size=8, sampling=s, accumulation="avg"), "accumulation='avg'"),
+        (dict(batch_size=8, sampling=s, ema=1.0), "ema=1.0"),
+        (dict(batch_size=8, sampling=s, window=1), "window=1"),
+        (dict(batch_size=8, sampling=s, C=1.0), "C must be > 1"),
+    ]
+    for kw, match in cases:
+        with pytest.raises(ValueError, match=match):
+            NoiseMonitor(model, **kw)
+    mon = NoiseMonitor(model, batch_size=9, sampling=s)
+    for _ in range(2):
+        model(torch.randn(3, 2)).sum().backward()
+    with pytest.raises(ValueError, match="not a multiple of the 2 sources"):
+        mon.step()
+
+
+# --- DDP: 2 processes, gloo --------------------------------------------------------------------
+
+DDP_N, DDP_B, DDP_EPOCHS = 24, 6, 400
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.data.distributed import DistributedSampler
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    a, w, G, trace1 = population(DDP_N)
+    model = DDP(Point(w))
+    sampling = paperlib.Sampling.shuffled(DDP_N)  # DistributedSampler: one permutation
+    mon = NoiseMonitor(model, batch_size=DDP_B, sampling=sampling, window=None)
+    b = DDP_B // world
+    sampler = DistributedSampler(range(DDP_N), num_replicas=world, rank=rank, shuffle=True,
+                                 seed=7)
+    pairs = []
+    for epoch in range(DDP_EPOCHS):
+        sampler.set_epoch(epoch)
+        mine = torch.tensor(list(sampler))
+        for s in range(len(mine) // b):
+            idx = mine[s * b:(s + 1) * b]
+            point_loss(model(a[idx])).backward()
+            row = mon.step(lr=0.0)
+            model.zero_grad()
+            if epoch == 0 and s < 3:  # the same two halves, one process, accumulation k = 2
+                both = [torch.zeros_like(idx) for _ in range(world)]
+                dist.all_gather(both, idx)
+                if rank == 0:
+                    ref = Point(w)
+                    one = NoiseMonitor(ref, batch_size=DDP_B, sampling=sampling)
+                    for half in both:
+                        (point_loss(ref(a[half])) / world).backward()
+                    r1 = one.step(lr=0.0)
+                    pairs.append([row["G"], r1["G"], row["N"], r1["N"]])
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({"rows": mon.history, "pairs": pairs, "G": G, "trace1": trace1}, f)
+    dist.destroy_process_group()
+
+
+def test_ddp_two_ranks_equal_the_single_process_estimate_and_are_unbiased(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ddp.json"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    res = json.loads(out.read_text())
+    for g_ddp, g_one, n_ddp, n_one in res["pairs"]:  # float64 throughout; other summation order
+        assert g_ddp == pytest.approx(g_one, rel=1e-9, abs=1e-12)
+        assert n_ddp == pytest.approx(n_one, rel=1e-9)
+    rows = res["rows"]
+    steps = DDP_N // DDP_B
+    assert len(rows) == DDP_EPOCHS * steps and all(r["sources"] == 2 for r in rows)
+    G, N = res["G"], noise_trace(res["trace1"], DDP_B, DDP_N)
+    est = np.array([[r["G"], r["N"]] for r in rows]).reshape(DDP_EPOCHS, steps, 2).mean(1)
+    assert abs(z(est[:, 0], G)) < Z and abs(z(est[:, 1], N)) < Z
+    # power: the ranks' batches read as independent draws (not one permutation) are rejected
+    wrong = np.array([estimate_from_norms(r["sum_sq"], r["grad_sq"], sources=2,
+                                          batch_size=DDP_B,
+                                          sampling=paperlib.Sampling.independent(DDP_N))
+                      for r in rows]).reshape(DDP_EPOCHS, steps, 2).mean(1)
+    assert abs(z(wrong[:, 0], G)) > Z or abs(z(wrong[:, 1], N)) > Z
