@@ -10,6 +10,10 @@ The public API (each name documented with shapes, units and the paper's equation
   any torch optimizer;
 * SVAG's LR, step count and schedule stretch: :func:`svag_lr`, :func:`svag_steps`,
   :func:`stretch_schedule`, :class:`SVAGSchedule`;
+* :class:`NoiseMonitor`: unbiased G and N of every optimizer step of YOUR loop from the
+  gradients it computes anyway (accumulation micro-batches, DDP ranks, or ``sgd_step``'s half
+  batches), with window error bars, an EMA, Thm 5.6's B* and McCandlish's B_simple; Lightning
+  and Hugging Face callbacks in :mod:`paperlib.callbacks`;
 * window statistics and Thm 5.6: :class:`NSRWindow`, :func:`equilibrium_stats`,
   :func:`critical_kappa`, :func:`predict_critical_batch`.
 
@@ -21,6 +25,7 @@ __version__ = "0.1.0"
 
 from .equilibrium import equilibrium_stats  # noqa: E402
 from .lsr import critical_kappa, predict_critical_batch  # noqa: E402
+from .monitor import NoiseMonitor  # noqa: E402
 from .nsr import NSRWindow  # noqa: E402
 from .steps import (  # noqa: E402
     Sampling,
@@ -34,6 +39,7 @@ from .steps import (  # noqa: E402
 from .svag import SVAGSchedule, stretch_schedule, svag_lr, svag_steps  # noqa: E402
 
 __all__ = [
+    "NoiseMonitor",
     "NSRWindow",
     "SVAGSchedule",
     "Sampling",

@@ -1,0 +1,145 @@
+"""The Lightning and Hugging Face callbacks train a tiny model on the CPU for a few steps with
+gradient accumulation, log G, N, B* every step, and their first estimate equals the k-sample
+estimator on the micro-batches the model actually saw (recomputed from the initial weights)."""
+
+import copy
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import paperlib
+from paperlib.nsr import direct_nsr
+
+N_TRAIN, MICRO, K, STEPS = 64, 8, 2, 6
+B = MICRO * K
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N_TRAIN, 6, generator=g)
+    return x, (x[:, :3] + 0.5 * torch.randn(N_TRAIN, 3, generator=g)).argmax(1)
+
+
+def _reference(net, seen):
+    """(G, N) of the first step from the first K micro-batches the model saw."""
+    grads = []
+    for x, y in seen[:K]:
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+            loss, list(net.parameters()))]))
+    G, N = direct_nsr(torch.stack(grads), MICRO, B, N_TRAIN, disjoint=True)
+    return float(G), float(N)
+
+
+def _check_log(path, monitor):
+    log = pd.read_csv(path)
+    assert len(log) == STEPS and (log["sources"] == K).all()
+    assert log[["G", "N", "grad_sq"]].notna().all().all() and (log["N"] > 0).all()
+    assert math.isfinite(log["ema_B_star"].iloc[-1]) and log["ema_B_star"].iloc[-1] > B
+    s = monitor.summary()
+    assert s["count"] == STEPS and s["lr_constant"] is True
+    return log
+
+
+def test_lightning_callback_logs_g_n_b_star(tmp_path):
+    L = pytest.importorskip("lightning.pytorch")
+    from paperlib.callbacks.lightning import NoiseMonitorCallback
+
+    x, y = _data()
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
+                                           torch.nn.Linear(16, 3))
+            self.seen = []
+
+        def training_step(self, batch, _):
+            self.seen.append((batch[0].clone(), batch[1].clone()))
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    model = Tiny()
+    initial = copy.deepcopy(model.net)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=MICRO,
+                                         shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(1))
+    cb = NoiseMonitorCallback(batch_size=B, sampling=paperlib.Sampling.shuffled(N_TRAIN),
+                              log_dir=tmp_path / "noise")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, accumulate_grad_batches=K,
+                        callbacks=[cb], logger=L.loggers.CSVLogger(tmp_path),
+                        enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, log_every_n_steps=1,
+                        gradient_clip_val=1e-3)  # clipping must not change the estimate
+    trainer.fit(model, loader)
+    log = _check_log(tmp_path / "noise" / "noise.csv", cb.monitor)
+    G, N = _reference(initial, model.seen)
+    assert log["G"].iloc[0] == pytest.approx(G, rel=1e-5, abs=1e-8)
+    assert log["N"].iloc[0] == pytest.approx(N, rel=1e-5)
+    logged = pd.read_csv(next(tmp_path.glob("lightning_logs/*/metrics.csv")))
+    for key in ("noise/G", "noise/N", "noise/B_star"):
+        assert logged[key].notna().sum() == STEPS, key
+
+
+def test_huggingface_callback_logs_g_n_b_star(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from paperlib.callbacks.huggingface import NoiseMonitorCallback
+
+    x, y = _data()
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
+                                           torch.nn.Linear(16, 3))
+            self.seen = []
+
+        def forward(self, x, labels):
+            if self.training:
+                self.seen.append((x.clone(), labels.clone()))
+            return {"loss": torch.nn.functional.cross_entropy(self.net(x), labels)}
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return N_TRAIN
+
+        def __getitem__(self, i):
+            return {"x": x[i], "labels": y[i]}
+
+    model = Tiny()
+    initial = copy.deepcopy(model.net)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=MICRO,
+        gradient_accumulation_steps=K, max_steps=STEPS, learning_rate=0.1, optim="sgd",
+        lr_scheduler_type="constant", logging_steps=1, report_to=[], save_strategy="no",
+        use_cpu=True, dataloader_drop_last=True, seed=1, max_grad_norm=1e-3,
+        disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Rows())
+    cb = NoiseMonitorCallback(batch_size=B, sampling=paperlib.Sampling.shuffled(N_TRAIN))
+    trainer.add_callback(cb)
+    trainer.train()
+    log = _check_log(tmp_path / "noise" / "noise.csv", cb.monitor)
+    G, N = _reference(initial, model.seen)
+    assert log["G"].iloc[0] == pytest.approx(G, rel=1e-5, abs=1e-8)
+    assert log["N"].iloc[0] == pytest.approx(N, rel=1e-5)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == STEPS
+    for key in ("noise/G", "noise/N", "noise/B_star"):
+        assert all(math.isfinite(h[key]) for h in logged), key
+
+
+def test_huggingface_callback_refuses_fp16_without_the_scaler(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from paperlib.callbacks.huggingface import NoiseMonitorCallback
+
+    cb = NoiseMonitorCallback(batch_size=B, sampling=paperlib.Sampling.shuffled(N_TRAIN))
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    args.fp16 = True  # as on a GPU machine; the check runs before any training
+    with pytest.raises(ValueError, match="scaler=trainer.accelerator.scaler"):
+        cb.on_train_begin(args, None, None, model=torch.nn.Linear(2, 2))
