@@ -23,6 +23,8 @@ Measured items (numbers as in the issue):
 4. Training throughput (samples/s) of the on-device pipeline against a torchvision DataLoader
    with PIL transforms and worker processes, same net and batch.
 5. Wall time of ``make figures`` per notebook, read from ``figures/timings.json``.
+6. :class:`paperlib.NoiseMonitor` overhead per step: gradient accumulation, 2-rank DDP on the
+   CPU (gloo), and the half-batch split for comparison (:mod:`paperlib.bench_monitor`).
 
 With ``--epoch`` (on by default for the GPU profile) it also times a training epoch of 50 000
 images (the paper recipe, online G/N included) for GN and BN nets and a few accelerator options.
@@ -652,8 +654,15 @@ def bench_figures(path: Path = TIMINGS_JSON) -> list[Row]:
     return rows
 
 
+def bench_monitor(b: Bench) -> list[Row]:
+    from .bench_monitor import bench_monitor as rows
+
+    return rows(b)
+
+
 ITEMS = {"1": bench_svag, "2": lambda b: bench_ngd(b) + bench_pool(b), "3": bench_nsr,
-         "4": bench_pipeline, "epoch": bench_epoch, "5": lambda b: bench_figures()}
+         "4": bench_pipeline, "epoch": bench_epoch, "5": lambda b: bench_figures(),
+         "6": bench_monitor}
 
 
 def load_bench_dataset(choice: str):
@@ -690,7 +699,7 @@ def run_bench(*, quick: bool = False, device: str = "auto", profile: str = "auto
         workers = max(1, min(8, (os.cpu_count() or 2) - 1))
     b = Bench(prof, dev, raw, workers, quick, compile)
     if items is None:  # GPU: the epoch time first, so a time limit cannot cut the headline
-        items = (("epoch",) if name == "gpu" else ()) + ("1", "2", "3", "4", "5")
+        items = (("epoch",) if name == "gpu" else ()) + ("1", "2", "3", "4", "5", "6")
     meta = machine_info(dev) | {"profile": prof.name + (" (quick)" if quick else ""),
                                 "dataset": data_note, "dataloader_workers": workers}
     rows: list[Row] = []
@@ -728,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="auto", choices=("auto", "cifar10", "synthetic"),
                     help="auto: CIFAR-10 if it loads offline (synthetic with --quick)")
     ap.add_argument("--items", default=None,
-                    help="comma-separated subset of 1,2,3,4,5,epoch (default: all; epoch on GPU)")
+                    help="comma-separated subset of 1,2,3,4,5,6,epoch (default: all; epoch on GPU)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default 1 on CPU for stable ratios; 0: torch's)")
     ap.add_argument("--workers", type=int, default=None,

@@ -22,7 +22,8 @@ from paperlib.train import train
 # per GN / unnormalized net and one BN row; item 2 the NGD/GD ratio, three memory rows and their
 # growth; item 3 two GN overheads, one BN overhead and the authors' estimator at two batch sizes.
 # Item 5 has one row per notebook in figures/timings.json plus a total (one row when absent).
-ROWS_PER_ITEM = {"1": 8, "2": 9, "3": 5, "4": 3}
+# Item 6: the NoiseMonitor with accumulation, with 2-rank DDP, and the half-batch split.
+ROWS_PER_ITEM = {"1": 8, "2": 9, "3": 5, "4": 3, "6": 3}
 
 
 def test_quick_bench_yields_every_row_with_finite_values(tmp_path):

@@ -68,3 +68,53 @@ def test_readme_own_training_loop_examples_run():
     assert abs(accs[0] - accs[1]) < 10  # small G/N: l = 1 and l = 4 end close
     ngd = re.search(r"NGD: train loss ([\d.]+), accuracy ([\d.]+)%", lines[3])
     assert ngd and math.isfinite(float(ngd[1])) and float(ngd[2]) > 50
+
+
+def test_readme_monitor_examples_run(tmp_path, monkeypatch):
+    """Every Python block of the NoiseMonitor section runs as written, in order (plain loop with
+    accumulation, Lightning, Hugging Face), and what it prints and logs is consistent."""
+    import io
+    import math
+    from contextlib import redirect_stdout
+
+    import pandas as pd
+    import torch
+
+    from paperlib.__main__ import main
+    from paperlib.docs import read_section
+
+    pytest.importorskip("lightning")
+    pytest.importorskip("transformers")
+    section = read_section(README, "examples", prefix="monitor")
+    assert section is not None, "README lost its monitor:examples markers"
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    assert "paperlib._" not in section  # public names only
+    monkeypatch.chdir(tmp_path)  # the blocks write noise-log/, noise-lightning/, hf-out/
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = io.StringIO()
+    try:
+        namespace: dict = {}
+        with redirect_stdout(out):
+            for i, block in enumerate(blocks):
+                exec(compile(block, f"README.md (monitor block {i + 1})", "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
+    text = out.getvalue()
+    m = re.search(r"G/N = ([\d.]+) ± ([\d.]+); B\* = (\d+) ± (\d+), B_simple = (\d+); "
+                  r"constant LR: True", text)
+    assert m, text
+    g_over_n, se, b_star = float(m[1]), float(m[2]), int(m[3])
+    assert 0 < se < g_over_n
+    assert abs(b_star - 64 * 2 * (1 + 1 / g_over_n)) <= 0.01 * b_star  # G/N printed to 3 digits
+    log = pd.read_csv(tmp_path / "noise-log" / "noise.csv")
+    assert len(log) == 160 and (log["sources"] == 4).all() and log["N"].gt(0).all()
+    for name in ("Lightning", "Hugging Face"):
+        m = re.search(rf"{name}: (\d+) steps, B\* = (\d+)", text)
+        assert m and int(m[1]) == 3 * 16 and 64 < int(m[2]) < 1e6, (name, text)
+    assert len(pd.read_csv(tmp_path / "noise-lightning" / "noise.csv")) == 48
+    assert len(pd.read_csv(tmp_path / "hf-out" / "noise" / "noise.csv")) == 48
+    with redirect_stdout(io.StringIO()) as cli:
+        assert main(["predict-lsr", "noise-log/noise.csv", "--batch-size", "64"]) == 0
+    assert math.isfinite(float(cli.getvalue().split("B* = B·C²(1 + N/G) = ")[1].split()[0]))
