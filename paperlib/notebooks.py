@@ -54,7 +54,8 @@ class Figure:
         return p
 
 
-MAIN_IDS = ("fig1", "fig3", "fig4", "figA-sampling", "theory-sde", "theory-noise")  # in place
+MAIN_IDS = ("fig1", "fig3", "fig4", "figA-sampling", "theory-sde", "theory-noise",
+            "monitor-mlp")  # in place
 
 FIGURES: tuple[Figure, ...] = (
     Figure("fig1", "fig1", "Fig 1: SGD vs NGD vs GD"),
@@ -74,6 +75,8 @@ FIGURES: tuple[Figure, ...] = (
            "theory-weak-ou, theory-weak-double-well, theory-lsr)"),
     Figure("theory-noise", "theory-noise", "Eqs. 10-12, Thm 5.2, App. B.3 "
            "(theory-equilibrium, theory-tail-index)"),
+    Figure("monitor-mlp", "noise_monitor", "Beyond the paper: Thm 5.6 on an MLP, G/N from "
+           "NoiseMonitor in a plain loop with gradient accumulation"),
     # --- NGD (App. F.3): Fig 1 repeated -----------------------------------------------------
     Figure("figA-ngd-small-batch", "fig1", "App. F.3: NGD with a smaller batch size",
            params={"BATCH_SIZE": 64, "SEEDS": [0], "GAP_BATCH_SIZES": []},
@@ -248,12 +251,13 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None) -> dict[str,
 
 
 def _stored_results() -> int:
-    """Training runs in the store plus cached theory experiments."""
+    """Training runs in the store plus cached theory experiments and monitor runs."""
     from .paths import data_root
 
     root = data_root()
     return (sum(1 for _ in root.glob("runs/*/manifest.json"))
-            + sum(1 for _ in root.glob("theory/*.json")))
+            + sum(1 for _ in root.glob("theory/*.json"))
+            + sum(1 for _ in root.glob("monitor/*.json")))
 
 
 def record_timing(fig_id: str, preset: str, seconds: float, computed: int,
