@@ -387,11 +387,8 @@ def bench_pool(b: Bench) -> list[Row]:
 
     def pooled(limit: int, fn):
         def call(k: int) -> None:
-            models.CHANNELS_LAST_POOL_MIN = limit
-            try:
+            with models.channels_last_pool_min(limit):
                 fn(k)
-            finally:
-                models.CHANNELS_LAST_POOL_MIN = routed
         return call
 
     never = 1 << 62  # every map stays on the NCHW kernel

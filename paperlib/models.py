@@ -19,6 +19,7 @@ variance (e.g. GroupNorm on an all-zero image) returns NaN; callers must avoid s
 linear layer with bias.
 """
 
+import contextlib
 import copy
 import math
 import numbers
@@ -171,6 +172,18 @@ class AvgPool2x2(nn.Module):
 
 
 CHANNELS_LAST_POOL_MIN = 1 << 16  # below this the two layout copies cost what they save
+
+
+@contextlib.contextmanager
+def channels_last_pool_min(numel: int):
+    """Within the block, :func:`max_pool2x2` takes the channels-last route for maps of at least
+    ``numel`` values (``1 << 62``: never); for measuring the route (``make bench``, item 2)."""
+    global CHANNELS_LAST_POOL_MIN
+    saved, CHANNELS_LAST_POOL_MIN = CHANNELS_LAST_POOL_MIN, int(numel)
+    try:
+        yield
+    finally:
+        CHANNELS_LAST_POOL_MIN = saved
 
 
 def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
