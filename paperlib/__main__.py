@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=int, default=None,
                    help="B of the run (required for a CSV log; read from the config otherwise)")
     q.add_argument("--l", type=float, default=1.0, help="SVAG l of a CSV log's run (default 1)")
+    q.add_argument("--window", type=float, nargs=2, metavar=("START", "END"), default=None,
+                   help="average over effective steps (START, END] instead of the second half "
+                        "of the constant-LR phase (the longest stretch of equal logged LR)")
     q.add_argument("--C", type=float, default=2 ** 0.5, help="closeness constant C (default √2)")
     fgs = sub.add_parser("figures", help="execute every figure notebook with papermill",
                          description="Execute the notebook of each paper figure (the registry "
@@ -107,6 +110,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _window(window) -> dict:
+    """``--window START END`` as equilibrium_stats' phase arguments (the whole range)."""
+    start, end = window
+    if not start < end:
+        raise ValueError(f"--window {start:g} {end:g}: START must be below END")
+    return {"start": start, "end": end, "start_frac": 0.0}
+
+
 def cmd_predict_lsr(a: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -126,8 +137,11 @@ def cmd_predict_lsr(a: argparse.Namespace) -> int:
         if a.batch_size is not None and a.batch_size != config.batch_size:
             raise ValueError(f"--batch-size {a.batch_size} differs from the run's "
                              f"B={config.batch_size}; leave it out for a run folder")
-        stats = run_equilibrium_stats(read_history(path / "history.csv"), config)
+        history = read_history(path / "history.csv")
         B = config.batch_size
+        stats = (run_equilibrium_stats(history, config, min_rows=2) if a.window is None else
+                 equilibrium_stats(history, config.step_lr, config.wd, config.l_eff,
+                                   **_window(a.window), min_rows=2))
     elif path.is_file():
         if a.batch_size is None or a.batch_size < 1:
             raise ValueError(f"--batch-size={a.batch_size!r}: a CSV log needs the run's batch "
@@ -139,7 +153,8 @@ def cmd_predict_lsr(a: argparse.Namespace) -> int:
         missing = {"lr", "G", "N"} - set(history.columns)
         if missing:
             raise ValueError(f"the CSV log {path} lacks the column(s) {sorted(missing)}")
-        stats = equilibrium_stats(history, l=a.l, eq11=False)
+        stats = equilibrium_stats(history, l=a.l, eq11=False, min_rows=2,
+                                  **(_window(a.window) if a.window else {}))
         B = a.batch_size
     else:
         raise ValueError(f"run={str(path)!r} does not exist; give a run folder or a CSV log")
@@ -148,7 +163,7 @@ def cmd_predict_lsr(a: argparse.Namespace) -> int:
           f"{stats['window_end']:g}], {stats['rows']} rows")
     print(f"  G = {G:.4g} ± {stats['G_se']:.2g}   N = {N:.4g} ± {stats['N_se']:.2g}   "
           f"N/G = {stats['N_over_G']:.4g} ± {stats['N_over_G_se']:.2g}   (± one standard error "
-          "over the rows)")
+          "over block means of the rows)")
     C2 = a.C ** 2
     b_star = predict_critical_batch(G, N, B, a.C)
     print(f"Thm 5.6: (C, κ)-LSI fails for every κ > {critical_kappa(G, N, a.C):.4g} "

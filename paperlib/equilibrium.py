@@ -20,8 +20,8 @@ from .config import RunConfig
 from .models import is_scale_invariant
 from .nsr import NSRWindow
 
-__all__ = ["constant_lr_end", "constant_lr_window", "eq11_applies", "equilibrium_stats",
-           "first_decay_step", "run_equilibrium_stats"]
+__all__ = ["constant_lr_end", "constant_lr_phase", "constant_lr_window", "eq11_applies",
+           "equilibrium_stats", "first_decay_step", "run_equilibrium_stats"]
 
 
 def eq11_applies(config: RunConfig) -> bool:
@@ -52,35 +52,54 @@ def _steps(history: pd.DataFrame) -> pd.Series:
                      f"{list(history.columns)}")
 
 
-def constant_lr_end(history: pd.DataFrame) -> float:
-    """Effective step of the last row before the logged LR (or λ) first changes: the end of the
-    constant-LR phase read from the history itself (the run's end if it never changes).
+def constant_lr_phase(history: pd.DataFrame) -> tuple[float, float]:
+    """The constant-LR phase read from the history itself: the longest stretch of consecutive
+    rows with the same logged LR (and λ), as (start, end] in effective steps, ``start`` being
+    the step of the row before the stretch (0 when it opens the run). A warm-up, a decay or a
+    cosine schedule thus never counts as the phase; a schedule without any constant stretch
+    gives a phase of one row.
 
     Raises:
-        ValueError: if the history is empty or has no ``lr`` column.
+        ValueError: if the history is empty, has no ``lr`` column, has NaN learning rates, or
+            its steps do not increase strictly.
     """
     if history.empty or "lr" not in history:
         raise ValueError("the history needs rows and an 'lr' column to find its constant-LR phase")
-    steps = _steps(history)
-    changed = history["lr"] != history["lr"].iloc[0]
-    if "wd" in history:
-        changed |= history["wd"] != history["wd"].iloc[0]
-    if not changed.any():
-        return float(steps.iloc[-1])
-    first = int(changed.to_numpy().argmax())  # ≥ 1: row 0 never differs from itself
-    return float(steps.iloc[first - 1])
+    steps = _steps(history).to_numpy(dtype=float)
+    if (pd.Series(steps).diff().iloc[1:] <= 0).any():
+        raise ValueError("the history's steps do not increase strictly (an appended or merged "
+                         "log?): give one run's rows in order")
+    lr = history["lr"].to_numpy(dtype=float)
+    if pd.isna(lr).any():
+        raise ValueError("the history's 'lr' column has NaN values; every row needs its LR")
+    wd = history["wd"].to_numpy(dtype=float) if "wd" in history else None
+    best, first = (0, 0), 0  # row ranges [first, i] of equal (lr, wd)
+    for i in range(1, len(lr) + 1):
+        if i == len(lr) or lr[i] != lr[first] or (wd is not None and wd[i] != wd[first]):
+            if i - first > best[1] - best[0] + 1:
+                best = (first, i - 1)
+            first = i
+    start = steps[best[0] - 1] if best[0] > 0 else 0.0
+    return float(start), float(steps[best[1]])
+
+
+def constant_lr_end(history: pd.DataFrame) -> float:
+    """End of the constant-LR phase (:func:`constant_lr_phase`), in effective steps."""
+    return constant_lr_phase(history)[1]
 
 
 def constant_lr_window(history: pd.DataFrame, end: float | RunConfig,
-                       start_frac: float = 0.5) -> pd.DataFrame:
-    """History rows in the second part of the constant-LR phase: effective step in
-    (start_frac · end, end], where the authors measure G_t, N_t (epochs 200–250 of 250).
+                       start_frac: float = 0.5, start: float = 0.0) -> pd.DataFrame:
+    """History rows in the second part of the constant-LR phase (start, end]: effective step in
+    (start + start_frac · (end − start), end], where the authors measure G_t, N_t (epochs
+    200–250 of a phase ending at 250; the cpu figures use its second half).
 
     Args:
         history: the run's history table.
         end: the end of the constant-LR phase in effective (base) steps, or a ``RunConfig``
             (its first LR decay, :func:`first_decay_step`).
-        start_frac: where the window starts, as a fraction of ``end``, in [0, 1).
+        start_frac: where the window starts, as a fraction of the phase, in [0, 1).
+        start: where the phase starts (0: at the beginning of the run).
 
     Raises:
         ValueError: if ``start_frac`` is outside [0, 1).
@@ -90,24 +109,30 @@ def constant_lr_window(history: pd.DataFrame, end: float | RunConfig,
     if isinstance(end, RunConfig):
         end = first_decay_step(end)
     steps = _steps(history)
-    return history[(steps > start_frac * end) & (steps <= end)]
+    return history[(steps > start + start_frac * (end - start)) & (steps <= end)]
+
+
+BLOCKS = 10  # standard errors from this many contiguous block means of the window's rows
 
 
 def _window_errors(w: pd.DataFrame) -> dict:
-    """Standard errors of the window means of G and N and of N/G, treating the rows (each a
-    mean over its logging window) as batch means."""
+    """Standard errors of the window means of G, N, R and of N/G from the means of ``BLOCKS``
+    contiguous blocks of rows (consecutive rows are correlated: a per-row standard error would
+    be too small when rows are single steps); per row when there are fewer rows than blocks."""
+    k = min(BLOCKS, len(w))
     acc = NSRWindow()
-    for g, n, r in zip(w["G"], w["N"], w["R"] if "R" in w else [None] * len(w), strict=True):
-        if math.isfinite(g) and math.isfinite(n):
-            acc.add(g, n, r if r is not None and math.isfinite(r) else None)
+    cols = [c for c in ("G", "N", "R") if c in w]
+    for block in (w.iloc[i * len(w) // k:(i + 1) * len(w) // k] for i in range(k)):
+        m = block[cols].mean()
+        acc.add(m["G"], m["N"], m["R"] if "R" in m and math.isfinite(m["R"]) else None)
     s = acc.summary()
     return {"G_se": s["G_se"], "N_se": s["N_se"], "N_over_G_se": s["N_over_G_se"],
             "R_se": s["R_se"]}
 
 
 def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: float | None = None,
-                      l: float = 1.0, *, end: float | None = None, start_frac: float = 0.5,
-                      eq11: bool = True) -> dict:
+                      l: float = 1.0, *, end: float | None = None, start: float | None = None,
+                      start_frac: float = 0.5, eq11: bool = True, min_rows: int = 0) -> dict:
     """Window means of G, N, R, E|g|² late in the constant-LR phase, their standard errors, and
     eq. (11)'s two sides with their relative gap.
 
@@ -116,26 +141,42 @@ def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: floa
         eta: the per-step LR η (η/l for SVAG) in the window; default: the ``lr`` column there.
         lam: the weight decay λ in the window; default: the ``wd`` column there (if any).
         l: the SVAG hyperparameter of the run (1 for SGD).
-        end: effective step where the constant-LR phase ends (default: :func:`constant_lr_end`).
-        start_frac: the window is (start_frac · end, end].
+        end, start: the constant-LR phase (start, end] in effective steps (default: the
+            history's own, :func:`constant_lr_phase`; ``start`` defaults to 0 when ``end`` is
+            given).
+        start_frac: the window is (start + start_frac · (end − start), end].
+        min_rows: refuse a window with fewer rows that measured both G and N (0: allow
+            none, e.g. NGD, whose eq. (11) check then uses the measured |g|²).
         eq11: whether eq. (11) applies (a scale-invariant net; see :func:`eq11_applies`);
             False gives NaN for its columns.
 
     Returns:
         dict with ``G``, ``N``, ``R``, ``grad_sq``, ``N_over_G`` (means over the window's rows),
-        ``G_se``, ``N_se``, ``R_se``, ``N_over_G_se`` (over rows, which are already window means),
+        ``G_se``, ``N_se``, ``R_se``, ``N_over_G_se`` (over block means of the rows, see
+        ``BLOCKS``),
         ``eq11_lhs``, ``eq11_rhs``, ``eq11_uses_estimator``, ``eq11_rel_err``, ``R_drift``
-        ((last − first R) / mean R), ``rows``, ``window_start``, ``window_end`` (effective steps).
+        ((last − first R) / mean R), ``rows``, ``rows_G_N`` (rows with both G and N),
+        ``window_start``, ``window_end`` (effective steps).
 
     Raises:
-        ValueError: if the window has no rows, or η / λ are not given and not constant in it.
+        ValueError: if the window has no rows or fewer than ``min_rows`` rows with finite G
+            and N, or η / λ are not given and not constant in it.
     """
     if end is None:
-        end = constant_lr_end(history)
-    w = constant_lr_window(history, end, start_frac)
+        start, end = constant_lr_phase(history) if start is None else (start, None)
+        if end is None:
+            end = constant_lr_end(history)
+    start = 0.0 if start is None else start
+    w = constant_lr_window(history, end, start_frac, start)
+    lo = start + start_frac * (end - start)
     if w.empty:
-        raise ValueError(f"the constant-LR window ({start_frac * end:g}, {end:g}] has no history "
-                         "rows; log more often")
+        raise ValueError(f"the constant-LR window ({lo:g}, {end:g}] has no history rows; log "
+                         "more often, train longer at a constant LR, or choose the window")
+    both = w["G"].notna() & w["N"].notna()
+    if int(both.sum()) < min_rows:
+        raise ValueError(f"the constant-LR window ({lo:g}, {end:g}] has {int(both.sum())} "
+                         f"row(s) with G and N; at least {min_rows} needed: log more often, train "
+                         "longer at a constant LR, or choose the window")
     nan = float("nan")
 
     def constant(column: str):
@@ -143,8 +184,8 @@ def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: floa
             return None
         values = w[column].unique()
         if len(values) != 1:
-            raise ValueError(f"{column!r} is not constant in the window ({start_frac * end:g}, "
-                             f"{end:g}]: pass it explicitly or choose the window")
+            raise ValueError(f"{column!r} is not constant in the window ({lo:g}, {end:g}]: "
+                             "pass it explicitly or choose the window")
         return float(values[0])
 
     eta = constant("lr") if eta is None else eta
@@ -152,6 +193,8 @@ def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: floa
     R = w["R"].mean() if "R" in w else nan
     gsq = w["grad_sq"].mean() if "grad_sq" in w else nan
     G, N = w["G"].mean(), w["N"].mean()
+    if (w["G"].notna() != w["N"].notna()).any():  # a log with G or N on some rows only
+        G, N = w.loc[both, "G"].mean(), w.loc[both, "N"].mean()
     estimated = not (math.isnan(G) or math.isnan(N))
     lhs = rhs = nan
     if eq11 and lam is not None and eta is not None:
@@ -162,19 +205,19 @@ def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: floa
     return {
         "G": G, "N": N, "R": R, "grad_sq": gsq,
         "N_over_G": N / G if estimated and G else nan,
-        **_window_errors(w),
+        **_window_errors(w[both]),
         "eq11_lhs": lhs, "eq11_rhs": rhs, "eq11_uses_estimator": estimated,
         "eq11_rel_err": abs(lhs - rhs) / abs(rhs) if rhs != 0 else nan,
         "R_drift": (w["R"].iloc[-1] - w["R"].iloc[0]) / R if len(w) > 1 and "R" in w else nan,
-        "rows": len(w),
-        "window_start": start_frac * end, "window_end": end,
+        "rows": len(w), "rows_G_N": int(both.sum()),
+        "window_start": lo, "window_end": end,
     }
 
 
 def run_equilibrium_stats(history: pd.DataFrame, config: RunConfig,
-                          start_frac: float = 0.5) -> dict:
+                          start_frac: float = 0.5, min_rows: int = 0) -> dict:
     """:func:`equilibrium_stats` with (η, λ, l), the window and eq. (11)'s applicability taken
     from a paperlib run's config (η is the per-step LR η/l for SVAG)."""
     return equilibrium_stats(history, config.step_lr, config.wd, config.l_eff,
                              end=first_decay_step(config), start_frac=start_frac,
-                             eq11=eq11_applies(config))
+                             eq11=eq11_applies(config), min_rows=min_rows)

@@ -32,6 +32,7 @@ import contextlib
 import csv
 import json
 import math
+import warnings
 from collections import deque
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import torch
 
 from .lsr import SQRT2, _check_c, simple_noise_scale
 from .nsr import NSRWindow, direct_nsr_from_norms
-from .steps import Sampling, StepStats
+from .steps import Sampling, StepStats, batch_coupled, warn_if_coupled_disjoint
 
 __all__ = ["LOG_COLUMNS", "SOURCES", "NoiseMonitor", "estimate_from_norms"]
 
@@ -236,6 +237,8 @@ class NoiseMonitor:
             self._counts = [0] * len(self.params)  # backward passes seen per tensor
             self._acc = None  # the one flat copy Σ_j g_j (source micro_batches only)
             self._handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self.params)]
+            if batch_coupled(module):
+                warn_if_coupled_disjoint(sampling)
             if source == "ranks":
                 import torch.distributed as dist
 
@@ -348,7 +351,7 @@ class NoiseMonitor:
         return sum_sq, mean_sq, k_total, None
 
     def step(self, lr: float | None = None, *, scale: float | None = None,
-             stats: StepStats | None = None) -> dict | None:
+             stats: StepStats | None = None, examples: int | None = None) -> dict | None:
         """End one optimizer step: estimate (G, N), update the window, EMA and logs.
 
         Call it after the step's last backward and before ``optimizer.step()`` (and before
@@ -358,15 +361,18 @@ class NoiseMonitor:
             lr: the step's LR (default: the optimizer's, if given; else NaN).
             scale: the loss scale of this step's backward passes (default: the scaler's, or 1).
             stats: source "step_stats" only: a :class:`paperlib.StepStats` with G and N.
+            examples: the number of examples this step used (all micro-batches and ranks), if
+                known: a step with fewer than ``batch_size`` (a DataLoader's partial last batch,
+                ``drop_last=False``) is skipped, since its sources are smaller than B/K.
 
         Returns:
             The step's row (``LOG_COLUMNS``), or None when the step was skipped (non-finite
-            gradients under mixed precision, or no backward pass); reasons in
-            ``skip_reasons``.
+            gradients under mixed precision, no backward pass, a partial batch, or B not a
+            multiple of the K sources); reasons in ``skip_reasons``.
 
         Raises:
-            ValueError: ``stats`` missing (or given) for the wrong source, one process with
-                fewer than 2 micro-batches, or B not a multiple of the K sources.
+            ValueError: ``stats`` missing (or given) for the wrong source or from another batch
+                size, or one process with fewer than 2 micro-batches.
         """
         self.step_count += 1
         if lr is None and self.optimizer is not None:
@@ -376,6 +382,9 @@ class NoiseMonitor:
             if stats is None or stats.G is None or stats.N is None:
                 raise ValueError("source='step_stats' needs step(stats=...) with G and N "
                                  "(paperlib.sgd_step(..., measure=True))")
+            if stats.count != self.batch_size:
+                raise ValueError(f"the StepStats come from a batch of {stats.count} examples but "
+                                 f"the monitor's batch_size is {self.batch_size}")
             G, N = float(stats.G), float(stats.N)
             grad_sq, sum_sq, K = float(stats.grad_sq), float("nan"), 2
             reason = None if math.isfinite(G) and math.isfinite(N) else "non-finite estimate"
@@ -392,11 +401,19 @@ class NoiseMonitor:
                     "one micro-batch per step gives no noise estimate: accumulate k >= 2 "
                     "micro-batches, run DDP, or use sgd_step(measure=True) with "
                     "source='step_stats'")
+            if reason is None and examples is not None and examples != self.batch_size:
+                reason = (f"a partial batch ({examples} examples, not B = {self.batch_size}): "
+                          "use drop_last=True")
+            if reason is None and self.batch_size % K:
+                reason = (f"B = {self.batch_size} is not a multiple of the {K} sources (a partial "
+                          "last batch? use drop_last=True)")
             if reason is None:
                 G, N = estimate_from_norms(sum_sq, grad_sq, sources=K,
                                            batch_size=self.batch_size, sampling=self.sampling)
         if reason is not None:
             self.skipped += 1
+            if reason not in self.skip_reasons and "drop_last" in reason:
+                warnings.warn(f"NoiseMonitor skips steps: {reason}", stacklevel=2)
             self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
             return None
         self.measured += 1

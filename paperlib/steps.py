@@ -255,7 +255,7 @@ def _check_batch(x, y, what: str) -> int:
     return int(y.shape[0])
 
 
-def _warn_if_coupled_disjoint(sampling: Sampling) -> None:
+def warn_if_coupled_disjoint(sampling: Sampling) -> None:
     if sampling.disjoint:
         warnings.warn("G/N of a train-mode BatchNorm net from two disjoint batches of one "
                       "permutation is biased by O(B/n) (see paperlib.Sampling); draw the second "
@@ -343,7 +343,7 @@ def sgd_step(
         with frozen_batchnorm_stats(model):
             le, _ = _losses(model, loss_fn, xe, ye, forward)
             ge = _grad(le.mean(), params)
-        _warn_if_coupled_disjoint(sampling)
+        warn_if_coupled_disjoint(sampling)
         G, N = online_nsr(g, ge, B, B, n=sampling.population, disjoint=sampling.disjoint)
     return _stats(losses, correct, g, G, N)
 
@@ -408,7 +408,7 @@ def svag_step(
         G = N = None
         if sampling is not None:
             if coupled:
-                _warn_if_coupled_disjoint(sampling)
+                warn_if_coupled_disjoint(sampling)
             G, N = online_nsr(g1, g2, B, B, n=sampling.population, disjoint=sampling.disjoint)
         return _stats(torch.cat([l1, l2]), _cat(a1, a2), c1 * g1 + c2 * g2, G, N)
     # Weights before the forward pass: their host-to-device copy waits for the GPU, so done

@@ -195,9 +195,12 @@ def stretch_schedule(schedule: Callable[[float], float], l: float) -> Callable[[
 class SVAGSchedule:
     """Drives any torch LR scheduler at base time: it advances once per l SVAG steps.
 
-    Build the user's scheduler (``MultiStepLR``, ``CosineAnnealingLR``, ``OneCycleLR``, a chain,
+    Build the user's scheduler (``MultiStepLR``, ``CosineAnnealingLR``, ``LambdaLR``, a chain,
     ...) as for the l = 1 run, with its milestones in base steps, on an optimizer whose LR was
-    set to η/l (:func:`svag_lr`); wrap it and call :meth:`step` after every SVAG step. The LR of
+    set to η/l (:func:`svag_lr`); wrap it and call :meth:`step` after every SVAG step.
+    Schedulers that set absolute learning rates instead of multiplying the optimizer's
+    (``OneCycleLR``'s ``max_lr``, ``CyclicLR``'s ``base_lr``/``max_lr``) need those values
+    divided by l too (``svag_lr(max_lr, l)``): they overwrite the η/l of the optimizer. The LR of
     SVAG step k is then (η/l) · s(⌊k/l⌋), with s the l = 1 schedule: exactly the l = 1 run's
     schedule stretched by l for schedules that change at whole base steps (step decays), and a
     staircase of it otherwise (use :func:`stretch_schedule` with ``LambdaLR`` for the exact

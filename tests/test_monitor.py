@@ -271,11 +271,25 @@ def test_bad_arguments():
     for kw, match in cases:
         with pytest.raises(ValueError, match=match):
             NoiseMonitor(model, **kw)
+    # A step the sizes do not fit (a partial last batch) is skipped with a warning, not a
+    # crash of the user's training run, and not measured with the wrong sizes.
     mon = NoiseMonitor(model, batch_size=9, sampling=s)
     for _ in range(2):
         model(torch.randn(3, 2)).sum().backward()
-    with pytest.raises(ValueError, match="not a multiple of the 2 sources"):
-        mon.step()
+    with pytest.warns(UserWarning, match="not a multiple of the 2 sources"):
+        assert mon.step() is None
+    mon = NoiseMonitor(model, batch_size=8, sampling=s)
+    for _ in range(2):
+        model(torch.randn(2, 2)).sum().backward()  # 4 examples: a partial batch of B = 8
+    with pytest.warns(UserWarning, match="partial batch"):
+        assert mon.step(examples=4) is None
+    for _ in range(2):
+        model(torch.randn(4, 2)).sum().backward()
+    assert mon.step(examples=8) is not None and mon.skipped == 1 and mon.measured == 1
+    from paperlib.steps import StepStats
+    st = StepStats(torch.zeros(3), torch.zeros(()), 16, None, torch.ones(()), torch.ones(()))
+    with pytest.raises(ValueError, match="16 examples"):
+        NoiseMonitor(None, batch_size=32, sampling=s, source="step_stats").step(stats=st)
 
 
 # --- DDP: 2 processes, gloo --------------------------------------------------------------------

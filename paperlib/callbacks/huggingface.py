@@ -21,6 +21,7 @@ Trainer's logs (``noise/G``, ``noise/N``, ``noise/N_over_G``, ``noise/B_star``,
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 try:
@@ -66,6 +67,12 @@ class NoiseMonitorCallback(TrainerCallback):
         if args.fp16 and self.scaler is None:
             raise ValueError("fp16=True scales the gradients: pass "
                              "scaler=trainer.accelerator.scaler")
+        if not args.dataloader_drop_last:
+            # The callback cannot see batch sizes: a partial last batch per epoch would be
+            # measured as if it held B examples (its K sources are smaller than B/K).
+            warnings.warn("TrainingArguments(dataloader_drop_last=False): the last optimizer "
+                          "step of each epoch may hold a partial batch, which the noise monitor "
+                          "would misread; set dataloader_drop_last=True", stacklevel=2)
         log_dir = self.log_dir or os.path.join(args.output_dir, "noise")
         self.monitor = NoiseMonitor(model, batch_size=self.batch_size, sampling=self.sampling,
                                     scaler=self.scaler, log_dir=log_dir, **self.monitor_kw)

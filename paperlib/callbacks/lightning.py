@@ -53,6 +53,7 @@ class NoiseMonitorCallback(Callback):
         self.batch_size, self.sampling, self.log_dir = batch_size, sampling, log_dir
         self.monitor_kw = monitor_kw
         self.monitor: NoiseMonitor | None = None
+        self._examples = 0  # this rank's examples since the last optimizer step
 
     def on_fit_start(self, trainer, pl_module) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -64,8 +65,15 @@ class NoiseMonitorCallback(Callback):
                                     scaler=getattr(trainer.precision_plugin, "scaler", None),
                                     log_dir=log_dir, **self.monitor_kw)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        first = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self._examples += len(first) if hasattr(first, "__len__") else 0
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        row = self.monitor.step(lr=optimizer.param_groups[0]["lr"])
+        # a partial last batch (drop_last=False) is skipped, not measured with wrong sizes
+        examples = self._examples * trainer.world_size or None
+        self._examples = 0
+        row = self.monitor.step(lr=optimizer.param_groups[0]["lr"], examples=examples)
         if row is not None:
             pl_module.log_dict({"noise/G": row["G"], "noise/N": row["N"],
                                 "noise/N_over_G": row["ema_N_over_G"],
