@@ -92,18 +92,21 @@ def _train_all(todo: list[RunConfig], root, workers: int | None, executor: Execu
                 raise
             return
         if workers == 1:  # in-process: no pool start-up (smoke runs)
-            seconds = estimate_seconds(todo)
+            seconds, _ = _measure(todo)
             _check_plan(todo, seconds, 1, allow_long)
             _report(todo, map(_run_one, jobs), seconds, 1)
             return
         # A pool whose terminate() kills the workers at once (Ctrl-C, SIGTERM, a failed run,
-        # a plan over budget); the estimate is measured in a worker, as the runs will be.
+        # a plan over budget). The estimate is measured in a worker, as the runs will train;
+        # this process must not touch CUDA before it forks (torch then refuses CUDA in the
+        # workers), so the workers also say which device the runs use.
         pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker,
                                                   initargs=(1,))
         try:
-            seconds = pool.apply(estimate_seconds, (todo,))
-            _check_plan(todo, seconds, workers, allow_long)
-            _report(todo, pool.imap_unordered(_run_one, jobs), seconds, workers)
+            seconds, on_cpu = pool.apply(_measure, (todo,))
+            parallel = min(workers, len(todo)) if on_cpu else 1  # GPU workers share a device
+            _check_plan(todo, seconds, parallel, allow_long)
+            _report(todo, pool.imap_unordered(_run_one, jobs), seconds, parallel)
             pool.close()
         except BaseException:
             pool.terminate()
@@ -112,20 +115,19 @@ def _train_all(todo: list[RunConfig], root, workers: int | None, executor: Execu
             pool.join()
 
 
-def _parallel(todo: list[RunConfig], workers: int) -> int:
-    """Runs that progress at once: one per worker on CPU; GPU workers share one device."""
-    return min(workers, len(todo)) if all(device_of(c) == "cpu" for c in todo) else 1
+def _measure(todo: list[RunConfig]) -> tuple[list[float], bool]:
+    """Seconds per run measured in this process, and whether every run trains on the CPU."""
+    return estimate_seconds(todo), all(device_of(c) == "cpu" for c in todo)
 
 
-def _check_plan(todo, seconds: list[float], workers: int, allow_long: bool | None) -> None:
-    par = _parallel(todo, workers)
-    wall = sum(seconds) / par
+def _check_plan(todo, seconds: list[float], parallel: int, allow_long: bool | None) -> None:
+    wall = sum(seconds) / parallel
     print(f"estimated wall time on this machine: {duration(wall)} ({duration(sum(seconds))} "
-          f"of training over {par} parallel run(s))", flush=True)
+          f"of training over {parallel} parallel run(s))", flush=True)
     check_budget(wall, f"training {len(todo)} run(s)", allow_long)
 
 
-def _report(todo, finished, seconds: list[float] | None, workers: int) -> None:
+def _report(todo, finished, seconds: list[float] | None, parallel: int) -> None:
     t0 = time.time()
     left = set(range(len(todo)))
     for n, (i, status, took) in enumerate(finished, 1):
@@ -134,7 +136,7 @@ def _report(todo, finished, seconds: list[float] | None, workers: int) -> None:
         note_result("run", run_id(c), "computed")
         eta = ""
         if seconds is not None and left:
-            eta = f", ≈ {duration(sum(seconds[j] for j in left) / _parallel(todo, workers))} left"
+            eta = f", ≈ {duration(sum(seconds[j] for j in left) / parallel)} left"
         print(f"[{n}/{len(todo)}] {status} in {duration(took)}: {run_id(c)} {c.summary()} "
               f"(elapsed {duration(time.time() - t0)}{eta})", flush=True)
 
