@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     store_help = ("results store: runs in STORE/runs/<id>/, theory results in STORE/theory/ "
-                  "(default: data/, the committed one; an empty folder retrains everything; "
-                  "the decoded data sets stay in data/)")
+                  "(default: data/, the committed one, for the cpu preset, build/<preset>/store "
+                  "for the others; an empty folder retrains everything; the decoded data sets "
+                  "stay in data/)")
     allow_help = "go ahead when the estimated wall time exceeds the unattended limit (3 h)"
 
     t = sub.add_parser("train", help="train one run (cached in the run store)",
@@ -130,6 +131,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     from .checks import check_trainable
     from .config import refuse_ignored
+    from .paths import runs_root
     from .plan import check_budget, device_of, duration, estimate_seconds
     from .store import diagnose, load_result, run
 
@@ -138,7 +140,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     config = preset(a.preset, **overrides)  # validates the values before any work
     refuse_ignored(config, given=set(overrides))
     check_trainable(config)
-    root = a.store / "runs" if a.store else None
+    root = a.store / "runs" if a.store else runs_root(a.preset)
     if load_result(config, root) is None:
         reason = diagnose(config, root)
         if reason != "not stored":

@@ -274,7 +274,7 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None,
     figures = [f for f in figures if f.runs_at(preset)]
     where = "the committed figures/ and notebooks/" if committed else f"{root}/"
     print(f"executing {len(figures)} figure notebook(s) at preset {preset!r} into {where}; "
-          f"results store {store_root()}", flush=True)
+          f"results store {store_root(preset)}", flush=True)
     for f in skipped:
         print(f"  skipped {f.id} ({f.note})")
     times = {}

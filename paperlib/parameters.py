@@ -16,7 +16,7 @@ import yaml
 
 from .config import SCHEDULES, validate_arch
 from .constants import DATASETS, NORMS, PRESETS, SAMPLERS
-from .paths import REPO, in_repo, output_root
+from .paths import REPO, in_repo, output_root, runs_root
 
 _FIG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -112,8 +112,8 @@ def check(values: dict) -> dict:
     """The notebook parameters found in ``values`` (a notebook's globals), converted to their
     kinds and checked, with ``FIG_DIR`` and ``RUNS_DIR`` made absolute: "" means the output
     folder of these parameters (``figures/`` for a registered figure at the cpu preset from the
-    default store, else ``build/<preset>/figures``) and the store's ``runs/``; a relative
-    folder is taken relative to the repository.
+    default store, else ``build/<preset>/figures``) and the preset's store's ``runs/``
+    (``paths.store_root``); a relative folder is taken relative to the repository.
 
     Raises:
         ValueError: naming the first parameter with a bad value and what it allows.
@@ -129,8 +129,9 @@ def check(values: dict) -> dict:
         out[name] = v
     if "FIG_DIR" in out:
         out["FIG_DIR"] = str(in_repo(out["FIG_DIR"]) if out["FIG_DIR"] else _figures_dir(out))
-    if out.get("RUNS_DIR"):
-        out["RUNS_DIR"] = str(in_repo(out["RUNS_DIR"]))
+    if "RUNS_DIR" in out:
+        out["RUNS_DIR"] = str(in_repo(out["RUNS_DIR"]) if out["RUNS_DIR"]
+                              else runs_root(out.get("PRESET")))
     return out
 
 
@@ -145,7 +146,9 @@ def _figures_dir(p: dict):
 
     preset = p.get("PRESET", "cpu")
     registered = registered_parameters(p["FIG_ID"], preset) if "FIG_ID" in p else {}
-    same = registered is not None and not p.get("RUNS_DIR") and all(
+    runs = in_repo(p["RUNS_DIR"]) if p.get("RUNS_DIR") else runs_root(preset)
+    default_runs = runs.resolve() == runs_root(preset).resolve()
+    same = registered is not None and default_runs and all(
         p[k] == _convert(RULES[k][0], v) for k, v in registered.items()
         if k in p and k not in _SETTINGS_ONLY)
     return (output_root(preset) if same else REPO / "build" / preset) / "figures"

@@ -2,10 +2,11 @@
 
 * ``data_root()``: decoded data sets and torchvision downloads (``PAPERLIB_DATA``, else
   ``<repo>/data``). Gitignored: nothing derived from a data set is committed.
-* ``store_root()``: results (``PAPERLIB_STORE``, else ``<repo>/data``): training runs in
-  ``<store>/runs/<id>/``, theory results in ``<store>/theory/``. The default store holds the
-  committed results; another store (e.g. an empty one, to retrain everything) leaves them alone
-  and keeps the decoded data where it is.
+* ``store_root(preset)``: results (``PAPERLIB_STORE``, else ``<repo>/data`` for the ``cpu``
+  preset and for callers that do not name one, else ``<repo>/build/<preset>/store``): training
+  runs in ``<store>/runs/<id>/``, theory results in ``<store>/theory/``. The default store holds
+  the committed results; another store (e.g. an empty one, to retrain everything) leaves them
+  alone and keeps the decoded data where it is.
 * ``output_root(preset)``: where figures, claims and executed notebooks go. The committed ones
   (``figures/``, ``notebooks/``) are those of the ``cpu`` preset from the default store; every
   other preset or store writes under ``<repo>/build/<preset>/`` (gitignored).
@@ -31,16 +32,24 @@ def data_root() -> Path:
     return _env_path("PAPERLIB_DATA") or REPO / "data"
 
 
-def store_root() -> Path:
-    return _env_path("PAPERLIB_STORE") or REPO / "data"
+def store_root(preset: str | None = None) -> Path:
+    """The results store: ``PAPERLIB_STORE``, else the committed one (``<repo>/data``) for the
+    committed preset (or no preset named), else ``<repo>/build/<preset>/store`` (gitignored:
+    smoke or paper runs never mix with the committed ones)."""
+    env = _env_path("PAPERLIB_STORE")
+    if env is not None:
+        return env
+    if preset is None or preset == COMMITTED_PRESET:
+        return REPO / "data"
+    return REPO / "build" / preset / "store"
 
 
-def runs_root() -> Path:
-    return store_root() / "runs"
+def runs_root(preset: str | None = None) -> Path:
+    return store_root(preset) / "runs"
 
 
-def theory_root() -> Path:
-    return store_root() / "theory"
+def theory_root(preset: str | None = None) -> Path:
+    return store_root(preset) / "theory"
 
 
 def default_store() -> bool:

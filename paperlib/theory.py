@@ -294,7 +294,7 @@ def _cache_path(name: str, preset: str, sub) -> tuple[Path, dict]:
     meta = {"experiment": name, "preset": preset, "settings": dataclasses.asdict(sub),
             "cache_version": CACHE_VERSION, "paperlib_version": __version__}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
-    return theory_root() / f"{name}-{preset}-{key}.csv", meta
+    return theory_root(preset) / f"{name}-{preset}-{key}.csv", meta
 
 
 def _roundtrip(df: pd.DataFrame) -> tuple[bytes, pd.DataFrame]:

@@ -271,3 +271,16 @@ def test_predict_lsr_refuses_runs_without_constant_lr_or_weight_decay(tmp_path, 
         run_dir = _trained(tmp_path / expected.replace(" ", "-"), capsys, *args)
         assert main(["predict-lsr", str(run_dir)]) == 2
         assert expected in capsys.readouterr().err
+
+
+def test_other_presets_keep_their_runs_out_of_the_committed_store(monkeypatch):
+    """Smoke or paper runs used to land next to the committed ones in data/runs."""
+    from paperlib import parameters, paths
+
+    monkeypatch.delenv("PAPERLIB_STORE", raising=False)
+    assert paths.runs_root("cpu") == paths.runs_root() == REPO / "data" / "runs"
+    for name in ("smoke", "paper"):
+        assert paths.runs_root(name) == REPO / "build" / name / "store" / "runs"
+        checked = parameters.check({"PRESET": name, "RUNS_DIR": "", "FIG_DIR": ""})
+        assert checked["RUNS_DIR"] == str(paths.runs_root(name))
+        assert checked["FIG_DIR"] == str(REPO / "build" / name / "figures")
