@@ -1,26 +1,41 @@
 # Two commands matter: `make test` (what CI runs) and `make figures` (regenerates every figure).
-# Every target installs the project first (`make setup`, idempotent).
+# Every target installs the project first (`make setup`, idempotent). `make help` lists this.
 #
 # Variables:
 #   CIFAR10=/path/to/cifar10-jpeg.tar.gz  offline CIFAR-10 (ImageFolder tree, .tar.gz of one, or
-#                                          cifar-10-batches-py); exported as CIFAR10_PATH
+#                                          cifar-10-batches-py), relative to where make runs;
+#                                          exported as CIFAR10_PATH
 #   PRESET=cpu                             smoke | cpu | paper (make figures)
 #   ONLY=fig1,figA-svag-cosine             make figures: only these figure ids (default: all)
+#   STORE=/tmp/fresh-store                 make figures: results store (runs/, theory/) instead of
+#                                          data/; an empty folder retrains everything, the
+#                                          decoded data stay in data/
+#   OUT=build/mine                         make figures: write figures/ and notebooks/ there
+#                                          (default: the committed ones for PRESET=cpu from the
+#                                          default store, else build/<preset>/)
+#   ALLOW_LONG=1                           make figures: go ahead when the estimated training
+#                                          time on this machine exceeds 3 h
 #   PYTHON=python3                         interpreter used to create .venv
 
 PYTHON ?= python3
 PRESET ?= cpu
 CIFAR10 ?= $(CIFAR10_PATH)
+STORE ?=
+OUT ?=
+ALLOW_LONG ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-export CIFAR10_PATH := $(CIFAR10)
+export CIFAR10_PATH := $(if $(CIFAR10),$(abspath $(CIFAR10)))
 export PYTHONHASHSEED := 0
 
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb notebooks/appendix/*.ipynb))
 
-.PHONY: setup test lint pytest nbval figures bench clean
+.PHONY: help setup test lint pytest nbval figures bench clean
+
+help:
+	@sed -n '/^# Two commands/,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: $(STAMP)
 
@@ -38,16 +53,19 @@ pytest: setup
 	$(BIN)/python -m pytest tests
 
 # nbval re-executes the committed notebooks against the committed result files; with
-# PAPERLIB_NO_TRAIN=1 a missing or stale result fails fast instead of training.
+# PAPERLIB_NO_TRAIN=1 a missing or stale result fails fast instead of training (always the
+# committed store, whatever PAPERLIB_STORE says).
 nbval: setup
 ifneq ($(NOTEBOOKS),)
-	PAPERLIB_NO_TRAIN=1 $(BIN)/python -m pytest --nbval $(NOTEBOOKS)
+	PAPERLIB_STORE= PAPERLIB_NO_TRAIN=1 $(BIN)/python -m pytest --nbval $(NOTEBOOKS)
 endif
 
 test: lint pytest nbval
 
 figures: setup
-	$(BIN)/python -m paperlib figures --preset $(PRESET) $(if $(ONLY),--only $(ONLY))
+	$(BIN)/python -m paperlib figures --preset $(PRESET) $(if $(ONLY),--only $(ONLY)) \
+		$(if $(STORE),--store $(STORE)) $(if $(OUT),--out $(OUT)) \
+		$(if $(filter-out 0,$(ALLOW_LONG)),--allow-long)
 
 bench: setup
 	$(BIN)/python -m paperlib.bench

@@ -1,16 +1,24 @@
-"""Command line: ``python -m paperlib {train,predict-lsr,figures} ...`` (``--help`` on each)."""
+"""Command line: ``python -m paperlib {train,predict-lsr,figures} ...`` (``--help`` on each).
+
+Bad input (a value out of range, a setting the run would ignore, a net that cannot train,
+unreadable data, work estimated above the unattended limit) stops with one ``error:`` line and
+exit status 2 before anything is written.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
+import signal
 import sys
-import typing
 from pathlib import Path
 
 from .config import RunConfig, preset
 from .constants import PRESETS
+
+REFUSALS = ("ValueError", "DatasetFormatError", "DatasetNotFoundError", "FileNotFoundError",
+            "TooLongError", "StaleResultError")  # exit 2: nothing was done
 
 
 def _parse_bool(s: str) -> bool:
@@ -18,29 +26,32 @@ def _parse_bool(s: str) -> bool:
         return True
     if s.lower() in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"{s!r} is not a boolean; use true or false")
+    raise ValueError(s)
 
 
-def _parser_for(tp):
-    """argparse type for a RunConfig field annotation (strings, from `from __future__`)."""
-    tp = typing.get_type_hints(RunConfig)[tp] if isinstance(tp, str) else tp
-    args = typing.get_args(tp)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), tp) if args else tp
-    if typing.get_origin(tp) is tuple or typing.get_origin(base) is tuple:
-        def parse(s):
-            return tuple(float(v) for v in s.split(",") if v.strip())
-    elif base is bool:
-        parse = _parse_bool
-    elif base in (int, float, str):
-        parse = base
-    else:  # pragma: no cover - every field is one of the above
-        raise TypeError(tp)
+_KIND_TEXT = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+              tuple: "comma-separated numbers (e.g. 80,120)"}
 
-    def parse_optional(s):
-        return None if optional and s.lower() == "none" else parse(s)
 
-    return parse_optional
+def _parser_for(kind: type, optional: bool):
+    """argparse type for a RunConfig field: its error names the expected type and the value
+    (argparse adds the flag: ``argument --lr: expected a number, got 'abc'``)."""
+    expected = _KIND_TEXT[kind] + (" or none" if optional else "")
+
+    def parse(s: str):
+        if optional and s.lower() == "none":
+            return None
+        try:
+            if kind is bool:
+                return _parse_bool(s)
+            if kind is tuple:
+                return tuple(float(v) for v in s.split(",") if v.strip())
+            return kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}") from None
+
+    parse.__name__ = expected
+    return parse
 
 
 def _field_help(name: str) -> str:
@@ -55,53 +66,103 @@ def _field_help(name: str) -> str:
     return ""
 
 
+def _path(s: str) -> Path:
+    return Path(s).expanduser().resolve()  # against the directory the command was typed in
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m paperlib", description=__doc__)
+    from .config import _field_kinds
+
+    p = argparse.ArgumentParser(prog="python -m paperlib", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    store_help = ("results store: runs in STORE/runs/<id>/, theory results in STORE/theory/ "
+                  "(default: data/, the committed one, for the cpu preset, build/<preset>/store "
+                  "for the others; an empty folder retrains everything; the decoded data sets "
+                  "stay in data/)")
+    allow_help = "go ahead when the estimated wall time exceeds the unattended limit (3 h)"
 
     t = sub.add_parser("train", help="train one run (cached in the run store)",
-                       description="Train one run; every RunConfig field is a flag.")
-    t.add_argument("--preset", default="paper",
-                   help=f"base settings: {' | '.join(PRESETS)} (default paper)")
-    t.add_argument("--runs", type=Path, default=None, help="run store folder (default data/runs)")
+                       description="Train one run; every RunConfig field is a flag. Flags the "
+                                   "run would ignore (e.g. --l without --algo svag) are "
+                                   "refused.")
+    t.add_argument("--preset", default="cpu",
+                   help=f"base settings: {' | '.join(PRESETS)} (default cpu, as make figures)")
+    t.add_argument("--store", type=_path, default=None, help=store_help)
+    t.add_argument("--allow-long", action="store_true", help=allow_help)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
-        t.add_argument(flag, dest=f.name, type=_parser_for(hints[f.name]), default=None,
-                       help=_field_help(f.name))
+        t.add_argument(flag, dest=f.name, type=_parser_for(*_field_kinds()[f.name]),
+                       default=argparse.SUPPRESS, help=_field_help(f.name))  # absent: unset
 
     q = sub.add_parser("predict-lsr", help="Thm 5.6: the batch size beyond which the LSR fails",
                        description="Thm 5.6 from one small-batch SGD run: (C, κ)-LSI certainly "
                                    "fails for κ > C²(1 + N/G), i.e. beyond B* = B·C²(1 + N/G). "
-                                   "G and N are window means late in the constant-LR phase.")
-    q.add_argument("run", type=Path,
+                                   "G and N are window means late in the constant-LR phase; a "
+                                   "stored run must not have diverged and must have reached a "
+                                   "constant-LR equilibrium (Sec. 5).")
+    q.add_argument("run", type=_path,
                    help="a run folder of the store (data/runs/<id>) or a CSV log with columns "
                         "effective_step (or step), lr, G, N (your own training's log)")
-    q.add_argument("--batch-size", type=int, default=None,
+    q.add_argument("--batch-size", type=_parser_for(int, False), default=None,
                    help="B of the run (required for a CSV log; read from the config otherwise)")
-    q.add_argument("--l", type=float, default=1.0, help="SVAG l of a CSV log's run (default 1)")
-    q.add_argument("--window", type=float, nargs=2, metavar=("START", "END"), default=None,
+    q.add_argument("--l", type=_parser_for(float, False), default=1.0,
+                   help="SVAG l of a CSV log's run (default 1)")
+    q.add_argument("--window", type=_parser_for(float, False), nargs=2,
+                   metavar=("START", "END"), default=None,
                    help="average over effective steps (START, END] instead of the second half "
                         "of the constant-LR phase (the longest stretch of equal logged LR)")
-    q.add_argument("--C", type=float, default=2 ** 0.5, help="closeness constant C (default √2)")
+    q.add_argument("--C", type=_parser_for(float, False), default=2 ** 0.5,
+                   help="closeness constant C > 1 (default √2)")
+
     fgs = sub.add_parser("figures", help="execute every figure notebook with papermill",
                          description="Execute the notebook of each paper figure (the registry "
-                                     "paperlib.notebooks.FIGURES) with its parameters.")
+                                     "paperlib.notebooks.FIGURES) with its parameters. The cpu "
+                                     "preset from the default store writes the committed "
+                                     "figures/ and notebooks/; any other preset or store "
+                                     "writes under build/<preset>/.")
     fgs.add_argument("--preset", default="cpu", help=f"{' | '.join(PRESETS)} (default cpu)")
     fgs.add_argument("--only", default=None,
                      help="comma-separated figure ids (fig1, figA-svag-cosine, ...) or main "
                           "notebook names (fig3_lsr)")
+    fgs.add_argument("--store", type=_path, default=None, help=store_help)
+    fgs.add_argument("--out", type=_path, default=None,
+                     help="write figures/ and notebooks/ here instead (default: see above)")
+    fgs.add_argument("--allow-long", action="store_true", help=allow_help)
     return p
 
 
+def _use_store(store: Path | None) -> None:
+    """Every part of this process, and the notebook kernels it starts, use ``store``."""
+    if store is not None:
+        os.environ["PAPERLIB_STORE"] = str(store)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
-    from .store import run
+    import torch
+
+    from .checks import check_trainable
+    from .config import refuse_ignored
+    from .paths import runs_root
+    from .plan import check_budget, device_of, duration, estimate_seconds
+    from .store import diagnose, load_result, run
 
     overrides = {f.name: getattr(a, f.name) for f in dataclasses.fields(RunConfig)
-                 if getattr(a, f.name) is not None}
-    config = preset(a.preset, **overrides)  # validates before any work
-    result = run(config, a.runs, progress=not a.quiet)
+                 if hasattr(a, f.name)}  # `--subset none` sets None
+    config = preset(a.preset, **overrides)  # validates the values before any work
+    refuse_ignored(config, given=set(overrides))
+    check_trainable(config)
+    root = a.store / "runs" if a.store else runs_root(a.preset)
+    if load_result(config, root) is None:
+        reason = diagnose(config, root)
+        if reason != "not stored":
+            print(f"recomputing: {reason}")
+        seconds = estimate_seconds([config])[0]
+        print(f"estimated {duration(seconds)} on this machine ({device_of(config)}, "
+              f"{torch.get_num_threads()} thread(s))", flush=True)
+        check_budget(seconds, "this run", a.allow_long or None)
+    result = run(config, root, progress=not a.quiet)
     final = result.final
     print(f"{result.status}: {result.path}")
     print(f"final test acc {final['test_acc']:.2f}%  train loss {final['train_loss']:.4f}  "
@@ -110,88 +171,63 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _window(window) -> dict:
-    """``--window START END`` as equilibrium_stats' phase arguments (the whole range)."""
-    start, end = window
-    if not start < end:
-        raise ValueError(f"--window {start:g} {end:g}: START must be below END")
-    return {"start": start, "end": end, "start_frac": 0.0}
-
-
 def cmd_predict_lsr(a: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from .equilibrium import equilibrium_stats, run_equilibrium_stats
-    from .history import read_history
-    from .lsr import critical_kappa, predict_critical_batch, predict_critical_batch_approx
-    from .store import load_manifest
+    from .predict import predict_from_csv, predict_from_run
 
     path = a.run
     if path.is_dir():
-        if load_manifest(path) is None:
-            raise ValueError(f"run={str(path)!r} is not an intact run folder (no valid manifest)")
-        config = RunConfig.from_dict(json.loads((path / "config.json").read_text()))
-        if config.update_rule != "sgd":
-            raise ValueError(f"run {path} uses algo={config.algo!r}; Thm 5.6 needs an SGD "
-                             "baseline run")
-        if a.batch_size is not None and a.batch_size != config.batch_size:
-            raise ValueError(f"--batch-size {a.batch_size} differs from the run's "
-                             f"B={config.batch_size}; leave it out for a run folder")
-        history = read_history(path / "history.csv")
-        B = config.batch_size
-        stats = (run_equilibrium_stats(history, config, min_rows=2) if a.window is None else
-                 equilibrium_stats(history, config.step_lr, config.wd, config.l_eff,
-                                   **_window(a.window), min_rows=2))
+        if a.batch_size is not None or a.l != 1.0:
+            raise ValueError("--batch-size and --l are read from a run folder's config; give "
+                             "them only with a CSV log")
+        lines = predict_from_run(path, C=a.C, window=a.window)
     elif path.is_file():
-        if a.batch_size is None or a.batch_size < 1:
-            raise ValueError(f"--batch-size={a.batch_size!r}: a CSV log needs the run's batch "
-                             "size B, an integer >= 1")
-        try:
-            history = pd.read_csv(path)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"run={str(path)!r} is not a readable CSV log: {e}") from e
-        missing = {"lr", "G", "N"} - set(history.columns)
-        if missing:
-            raise ValueError(f"the CSV log {path} lacks the column(s) {sorted(missing)}")
-        stats = equilibrium_stats(history, l=a.l, eq11=False, min_rows=2,
-                                  **(_window(a.window) if a.window else {}))
-        B = a.batch_size
+        lines = predict_from_csv(path, a.batch_size, l=a.l, C=a.C, window=a.window)
     else:
-        raise ValueError(f"run={str(path)!r} does not exist; give a run folder or a CSV log")
-    G, N = stats["G"], stats["N"]
-    print(f"equilibrium window: effective steps ({stats['window_start']:g}, "
-          f"{stats['window_end']:g}], {stats['rows']} rows")
-    print(f"  G = {G:.4g} ± {stats['G_se']:.2g}   N = {N:.4g} ± {stats['N_se']:.2g}   "
-          f"N/G = {stats['N_over_G']:.4g} ± {stats['N_over_G_se']:.2g}   (± one standard error "
-          "over block means of the rows)")
-    C2 = a.C ** 2
-    b_star = predict_critical_batch(G, N, B, a.C)
-    print(f"Thm 5.6: (C, κ)-LSI fails for every κ > {critical_kappa(G, N, a.C):.4g} "
-          f"(C = {a.C:.4g}), i.e. the linear scaling rule from B = {B} certainly fails beyond")
-    print(f"  critical batch size B* = B·C²(1 + N/G) = {b_star:.0f} "
-          f"± {B * C2 * stats['N_over_G_se']:.0f}")
-    print(f"  (the Fig 3 caption's approximation C²·B·N/G = "
-          f"{predict_critical_batch_approx(G, N, B, a.C):.0f})")
+        raise ValueError(f"run={str(path)!r} does not exist; give a run folder of the store or "
+                         "a CSV log")
+    for line in lines:
+        print(line)
     return 0
 
 
 def cmd_figures(a: argparse.Namespace) -> int:
+    from papermill.exceptions import PapermillExecutionError
+
     from .notebooks import execute_all
 
-    execute_all(preset=a.preset, only=a.only.split(",") if a.only else None)
+    _use_store(a.store)
+    if a.allow_long:
+        os.environ["PAPERLIB_ALLOW_LONG"] = "1"
+    for var in ("CIFAR10_PATH", "CIFAR100_PATH", "SVHN_PATH"):  # kernels run in notebooks/
+        if os.environ.get(var):
+            os.environ[var] = str(_path(os.environ[var]))
+    # SIGTERM stops like Ctrl-C: papermill shuts the notebook kernel down with its process
+    # group (the training workers included) instead of leaving it running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        execute_all(preset=a.preset, only=a.only.split(",") if a.only else None, out=a.out)
+    except PapermillExecutionError as e:
+        print(f"error: {e.ename}: {e.evalue}", file=sys.stderr)
+        return 2 if e.ename in REFUSALS else 1
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .data import DatasetNotFoundError
+    from .plan import TooLongError
+
     args = build_parser().parse_args(argv)
     try:
         return {"train": cmd_train, "predict-lsr": cmd_predict_lsr,
                 "figures": cmd_figures}[args.command](args)
-    except ValueError as e:
+    except (ValueError, DatasetNotFoundError, FileNotFoundError, TooLongError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the notebook being executed was not replaced; finished runs stay "
+              "in the store and a partial one resumes from its last checkpoint", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -403,7 +403,7 @@ def bench_pool(b: Bench) -> list[Row]:
         rows.append(Row("2", f"{what} with the NCHW max-pool / with the channels-last route "
                         "(speed-up)", setting, ratio, "x", "", None,
                         note + f"; routed {min(times['routed']):.3g} s"))
-    # The CPU probe's own net (CPU-PROBE.md §0: plain torch.nn, GroupNorm(8) eps 1e-5, the last
+    # The CPU probe's own net (plain torch.nn, GroupNorm(8) eps 1e-5, the last
     # pool an adaptive 2×2 average) over the same N and chunks: the throughput the issue's
     # cpu-preset time targets were derived from (39-43k samples/s at 8×8 on one thread there).
     probe = _probe_convnet(round(16 * cfg.width), ctx.data.num_classes).to(b.device)
@@ -420,7 +420,7 @@ def bench_pool(b: Bench) -> list[Row]:
     ratio, note = paired_ratio(times, "probe", "ours")
     rows.append(Row("2", "the CPU probe's convnet, plain torch.nn, forward + backward over N",
                     setting, n / statistics.median(times["probe"]), "samples/s", note=(
-                        "CPU-PROBE.md measured 39-43k samples/s for this net at 8×8 on its "
+                        "the CPU probe measured 39-43k samples/s for this net at 8×8 on its "
                         "machine")))
     rows.append(Row("2", "that pass / our GD step (same N, chunks)", setting, ratio, "x", "",
                     None, note))
@@ -428,7 +428,7 @@ def bench_pool(b: Bench) -> list[Row]:
 
 
 def _probe_convnet(w: int, classes: int) -> torch.nn.Module:
-    """CPU-PROBE.md's convnet(w): [conv3x3 → GN → ReLU → pool] × 3 with widths w, 2w, 4w, the
+    """The CPU probe's convnet(w): [conv3x3 → GN → ReLU → pool] × 3 with widths w, 2w, 4w, the
     last pool AdaptiveAvgPool2d(2), then a frozen linear head."""
     layers, cin = [], 3
     for i, c in enumerate((w, 2 * w, 4 * w)):

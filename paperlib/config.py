@@ -7,11 +7,15 @@ actual steps with LR η/l (eq. 5); plots use effective steps = actual steps / l.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import numbers
 import re
+import typing
 from dataclasses import dataclass
 
-from .constants import ALGORITHMS, DATASETS, NORMS, PRESETS, SAMPLERS
+from .constants import ALGORITHMS, DATASET_CLASSES, DATASETS, NORMS, PRESETS, SAMPLERS
 from .svag import svag_lr, svag_steps
 
 # Training-set and test-set sizes, used to validate B and N before any data is loaded.
@@ -52,7 +56,7 @@ class RunConfig:
     schedule: str = "step"  # constant | step | cosine | triangle (LR multiplier vs base time)
     milestones: tuple[float, ...] = (250.0,)  # step schedule: LR ×gamma at each (schedule_unit)
     gamma: float = 0.1  # step schedule factor
-    final_lr_factor: float = 1.25e-3  # cosine: final LR / η (FIGURES.md: 0.8 → 0.001)
+    final_lr_factor: float = 1.25e-3  # cosine: final LR / η (the paper's appendix: 0.8 → 0.001)
     wd_milestones: tuple[float, ...] = ()  # λ ×wd_gamma at each (schedule_unit)
     wd_gamma: float = 1.0  # weight-decay factor schedule
     schedule_unit: str = "epoch"  # epoch | step (units of milestones and of cosine/triangle)
@@ -75,6 +79,9 @@ class RunConfig:
     bf16: bool = False  # bfloat16 autocast of training passes (off: the paper's numerics are fp32)
 
     def __post_init__(self) -> None:
+        # Values are stored as their declared types (l=2 and l=2.0 are one config, one run id).
+        for name, (kind, optional) in _field_kinds().items():
+            object.__setattr__(self, name, _as_kind(name, getattr(self, name), kind, optional))
         validate(self)
 
     # --- derived quantities (printed when a run starts) ------------------------------------
@@ -140,10 +147,6 @@ class RunConfig:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown RunConfig field(s) {sorted(unknown)}")
-        d = dict(d)
-        for key in ("milestones", "wd_milestones"):
-            if key in d and d[key] is not None:
-                d[key] = tuple(float(v) for v in d[key])
         return cls(**d)
 
     def replace(self, **changes) -> RunConfig:
@@ -153,9 +156,69 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+@functools.cache
+def _field_kinds() -> dict[str, tuple[type, bool]]:
+    """Declared type of each RunConfig field: (int | float | bool | str | tuple, optional)."""
+    hints = typing.get_type_hints(RunConfig)
+    kinds = {}
+    for f in dataclasses.fields(RunConfig):
+        tp = hints[f.name]
+        if typing.get_origin(tp) is tuple:
+            kinds[f.name] = (tuple, False)
+            continue
+        args = typing.get_args(tp)
+        base = [a for a in args if a is not type(None)]
+        kinds[f.name] = (base[0] if base else tp, len(base) < len(args))
+    return kinds
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "True or False", str: "a string",
+               tuple: "a list of numbers"}
+
+
+def _as_kind(name: str, value, kind: type, optional: bool):
+    """``value`` as the declared type of field ``name``, or ValueError: ints become floats in
+    float fields, integral floats become ints in int fields, lists become tuples of floats."""
+    if value is None and optional:
+        return None
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind is float and real:
+        return float(value)
+    if kind is int and real and (isinstance(value, numbers.Integral)
+                                 or (math.isfinite(value) and float(value).is_integer())):
+        return int(value)
+    if kind is bool and isinstance(value, bool) or kind is str and isinstance(value, str):
+        return value
+    if kind is tuple and isinstance(value, (list, tuple)) and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+        return tuple(float(v) for v in value)
+    raise ValueError(f"{name}={value!r} is not allowed; it must be {_KIND_NAMES[kind]}"
+                     + (" or None" if optional else ""))
+
+
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _number(name: str, value: float, low: float | None = None, high: float | None = None, *,
+            low_open: bool = False, high_open: bool = False, what: str = "") -> None:
+    """Refuse a non-finite ``value`` or one outside [low, high] (ends open as flagged)."""
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if ok:
+        return
+    if low is not None and high is not None:
+        rng = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        rng = f"{'>' if low_open else '≥'} {low:g}"
+    else:
+        rng = f"{'<' if high_open else '≤'} {high:g}"
+    raise ValueError(f"{name}={value!r} is not allowed; {what + ' ' if what else ''}must be a "
+                     f"finite number {rng}")
 
 
 def validate_arch(arch: str) -> None:
@@ -170,6 +233,58 @@ def validate_arch(arch: str) -> None:
         )
 
 
+def ignored_fields(c: RunConfig) -> dict[str, str]:
+    """Fields whose value has no effect on the run ``c`` describes, each with the reason."""
+    out = {}
+    if c.algo != "svag":
+        out["l"] = f"only SVAG uses l (algo={c.algo!r})"
+    if c.schedule != "step":
+        out["milestones"] = out["gamma"] = \
+            f"only the step schedule uses them (schedule={c.schedule!r})"
+    elif not c.milestones:
+        out["gamma"] = "there are no milestones to apply it at"
+    if c.schedule != "cosine":
+        out["final_lr_factor"] = f"only the cosine schedule uses it (schedule={c.schedule!r})"
+    if not c.wd_milestones:
+        out["wd_gamma"] = "there are no wd_milestones to apply it at"
+    if c.algo in ("gd", "ngd"):
+        out["sampler"] = out["nsr_every"] = \
+            f"{c.algo.upper()} uses the whole training set every step"
+    else:
+        out["chunk_size"] = "only GD and NGD form full-data gradients in chunks"
+    if not (c.update_rule == "sgd" and c.norm == "bn"):
+        out["nsr_extra_every"] = "only SGD on a BatchNorm net draws extra batches for G/N"
+    if c.steps is not None:
+        out["epochs"] = f"steps={c.steps} sets the training length"
+    if c.subset is None:
+        out["data_seed"] = "it only draws the training subset (subset=None uses all data)"
+    return out
+
+
+# Inherited by the figure sweeps from the step-schedule presets into cosine / triangle runs;
+# stored results are named by them, so a config may carry them (the CLI refuses them as flags).
+_TOLERATED_IGNORED = ("milestones", "gamma")
+
+
+def refuse_ignored(c: RunConfig, given=None) -> None:
+    """Refuse settings that ``c`` ignores, so that they cannot name a run of their own with
+    the history of another (the store calls this before it trains): by default every field
+    whose value differs from the default (None counts as unset) and has no effect; with
+    ``given`` (names a user set explicitly, e.g. CLI flags) each of those that has no effect.
+    A RunConfig may hold them (tools that only build a run's parts use them as switches)."""
+    default = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    for name, reason in ignored_fields(c).items():
+        value = getattr(c, name)
+        if given is None:
+            if value is None or value == default[name] or (
+                    name in _TOLERATED_IGNORED and c.schedule != "step"):
+                continue
+        elif name not in given or value == default[name]:
+            continue
+        raise ValueError(f"{name}={value!r} is not allowed here: it would be ignored, since "
+                         f"{reason}; leave it out")
+
+
 def validate(c: RunConfig) -> None:
     """Raise ValueError naming the first bad field and what is allowed; does no work."""
     _choice("algo", c.algo, ALGORITHMS)
@@ -180,20 +295,27 @@ def validate(c: RunConfig) -> None:
     _choice("schedule_unit", c.schedule_unit, ("epoch", "step"))
     _choice("device", c.device, DEVICES)
     validate_arch(c.arch)
-    if not c.l >= 1:
-        raise ValueError(f"l={c.l!r} is not allowed; SVAG needs l ≥ 1 (eq. 5)")
+    _number("l", c.l, 1, what="SVAG's l (eq. 5)")
     if c.algo == "svag" and c.l != int(c.l):
         raise ValueError(f"l={c.l!r} is not allowed; use an integer l ≥ 1 so l × steps is exact")
-    if not c.width > 0:
-        raise ValueError(f"width={c.width!r} is not allowed; the width factor must be > 0")
+    _number("width", c.width, 0, low_open=True, what="the width factor")
+    _number("lr", c.lr, 0, low_open=True, what="η")
+    _number("wd", c.wd, 0, what="λ")
+    _number("momentum", c.momentum, 0, 1, high_open=True)
+    _number("gamma", c.gamma, 0, what="the step schedule's factor")
+    _number("wd_gamma", c.wd_gamma, 0, what="the weight-decay factor")
+    _number("final_lr_factor", c.final_lr_factor, 0, 1)
+    _number("eval_from", c.eval_from, 0, 1, what="the fraction of training")
     n_train = DATASET_SIZES[c.dataset][0]
-    if c.subset is not None and not 2 <= c.subset <= n_train:
+    n_classes = DATASET_CLASSES[c.dataset]
+    if c.subset is not None and not n_classes <= c.subset <= n_train:
         raise ValueError(
-            f"subset={c.subset!r} is not allowed; N must be in [2, {n_train}] for {c.dataset}"
+            f"subset={c.subset!r} is not allowed; the class-balanced subset needs at least one "
+            f"example per class, so N must be in [{n_classes}, {n_train}] for {c.dataset}"
         )
     if c.resolution not in (1, 2, 4, 8, 16, 32):
         raise ValueError(f"resolution={c.resolution!r} is not allowed; choose 1, 2, 4, 8, 16 or 32")
-    if not isinstance(c.batch_size, int) or not 1 <= c.batch_size <= c.train_size:
+    if not 1 <= c.batch_size <= c.train_size:
         raise ValueError(
             f"batch_size={c.batch_size!r} is not allowed; B must be an integer in "
             f"[1, N={c.train_size}]"
@@ -205,12 +327,6 @@ def validate(c: RunConfig) -> None:
         )
     if c.algo == "sgd" and c.norm != "bn" and c.batch_size < 2:
         raise ValueError("batch_size=1 is not allowed for SGD's online G/N estimate; use B ≥ 2")
-    if not c.lr > 0:
-        raise ValueError(f"lr={c.lr!r} is not allowed; η must be > 0")
-    if not c.wd >= 0:
-        raise ValueError(f"wd={c.wd!r} is not allowed; λ must be ≥ 0")
-    if not 0 <= c.momentum < 1:
-        raise ValueError(f"momentum={c.momentum!r} is not allowed; it must be in [0, 1)")
     if c.algo in ("ngd", "gd") and c.norm == "bn":
         raise ValueError(
             f"norm='bn' is not allowed with algo={c.algo!r}: the full-data pass needs per-example "
@@ -218,14 +334,14 @@ def validate(c: RunConfig) -> None:
         )
     if c.steps is None and c.epochs is None:
         raise ValueError("set one of epochs or steps (training length)")
-    if c.steps is not None and (not isinstance(c.steps, int) or c.steps < 1):
+    if c.steps is not None and c.steps < 1:
         raise ValueError(f"steps={c.steps!r} is not allowed; it must be an integer ≥ 1")
-    if c.steps is None and not c.epochs > 0:
-        raise ValueError(f"epochs={c.epochs!r} is not allowed; it must be > 0")
+    if c.steps is None:
+        _number("epochs", c.epochs, 0, low_open=True, what="the training length in epochs")
     for name in ("log_every", "eval_every", "nsr_every", "nsr_extra_every", "chunk_size",
                  "checkpoint_every"):
         v = getattr(c, name)
-        if not isinstance(v, int) or v < 1:
+        if v < 1:
             raise ValueError(f"{name}={v!r} is not allowed; it must be an integer ≥ 1")
     if c.eval_every % c.log_every:
         raise ValueError(
@@ -234,25 +350,16 @@ def validate(c: RunConfig) -> None:
         )
     for name in ("milestones", "wd_milestones"):
         ms = getattr(c, name)
-        if any(m < 0 for m in ms) or list(ms) != sorted(ms):
-            raise ValueError(f"{name}={ms!r} is not allowed; use non-negative sorted values")
-    if not 0 <= c.eval_from <= 1:
-        raise ValueError(f"eval_from={c.eval_from!r} is not allowed; use a fraction in [0, 1]")
-    if not 0 <= c.final_lr_factor <= 1:
-        raise ValueError(f"final_lr_factor={c.final_lr_factor!r} is not allowed; use [0, 1]")
-    if not c.gamma >= 0 or not c.wd_gamma >= 0:
-        raise ValueError(f"gamma={c.gamma!r}, wd_gamma={c.wd_gamma!r}: factors must be ≥ 0")
-    for name in ("channels_last", "tf32", "compile", "bf16"):
-        v = getattr(c, name)
-        if not isinstance(v, bool):
-            raise ValueError(f"{name}={v!r} is not allowed; it must be True or False")
+        if not all(math.isfinite(m) and m >= 0 for m in ms) or list(ms) != sorted(ms):
+            raise ValueError(f"{name}={ms!r} is not allowed; use finite, non-negative, sorted "
+                             "values")
     if c.seed < 0 or c.data_seed < 0:
         raise ValueError(f"seed={c.seed!r}, data_seed={c.data_seed!r}: seeds must be ≥ 0")
 
 
 # --- presets: one function that scales a config, not copies of configs ------------------------
 
-# `paper`: the paper's CIFAR-10 recipe (FIGURES.md). `cpu`: the CPU probe's noise-dominated
+# `paper`: the paper's CIFAR-10 recipe (Sec. 5, App. F). `cpu`: a 2-core probe's noise-dominated
 # setting (8×8 images, n = 2000, small scale-invariant convnet, ηλ = 2e-3, 4000 steps, ×0.1 at
 # 3500), where every paper claim was visible on 2 cores. `smoke`: seconds, for tests.
 _PRESET_FIELDS: dict[str, dict] = {
@@ -280,7 +387,10 @@ def preset(name: str, **overrides) -> RunConfig:
     if unknown:
         raise ValueError(f"unknown RunConfig field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
     merged = {**_PRESET_FIELDS[name], **overrides}
+    if "epochs" in overrides and "steps" not in overrides:
+        merged["steps"] = None  # a length in epochs replaces the preset's length in steps
     return RunConfig(**merged)
 
 
-__all__ = ["RunConfig", "preset", "validate", "DATASET_SIZES", "SCHEDULES"]
+__all__ = ["RunConfig", "preset", "validate", "ignored_fields", "refuse_ignored", "DATASET_SIZES",
+           "SCHEDULES"]

@@ -19,7 +19,6 @@ import numbers
 import os
 import pickle
 import tarfile
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,7 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from paperlib import paths, seeding
-from paperlib.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, DATASETS, SAMPLERS
+from paperlib.constants import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    DATASET_CLASSES,
+    DATASETS,
+    SAMPLERS,
+)
 
 __all__ = [
     "DatasetFormatError",
@@ -69,7 +75,7 @@ EXPECTED_COUNTS = {  # (train, test)
     "svhn": (73_257, 26_032),
     "synthetic": (2_000, 1_000),
 }
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "synthetic": 10}
+NUM_CLASSES = DATASET_CLASSES
 SVHN_CLASSES = tuple(str(d) for d in range(10))
 SYNTHETIC_SEED = 20210101  # fixed: the synthetic set is the same everywhere
 CACHE_VERSION = 1
@@ -204,7 +210,7 @@ def load_dataset(
         if cached is not None:
             _check(cached, expect_counts, f"cache {cache} (built from {path})")
             return cached
-        raw = _read_user_path(name, path)
+        raw = _read_or_explain(name, path, origin, lambda: _read_user_path(name, path))
         _check(raw, expect_counts, str(path))
         _write_cache(cache, raw, source)
         return raw
@@ -220,10 +226,27 @@ def load_dataset(
         _download(name, root)
     except Exception as err:  # any download failure becomes one actionable message
         raise DatasetNotFoundError(_not_found_message(name, cache, err)) from err
-    raw = _read_downloaded(name, root)
+    raw = _read_or_explain(name, root, "the torchvision download",
+                           lambda: _read_downloaded(name, root))
     _check(raw, expect_counts, f"torchvision download in {root}")
     _write_cache(cache, raw, f"torchvision:{root.resolve()}")
     return raw
+
+
+def _read_or_explain(name: str, path: Path, origin: str, read: Callable[[], RawDataset]):
+    """``read()``, with any failure to read the files (a truncated archive's EOFError, a
+    damaged image, a bad pickle) reported as DatasetFormatError naming the path and the fix."""
+    try:
+        return read()
+    except DatasetFormatError:
+        raise
+    except Exception as err:
+        raise DatasetFormatError(
+            f"cannot read the {name} data at {str(path)!r} (from {origin}): "
+            f"{type(err).__name__}: {err}. The file is damaged or incomplete (e.g. an "
+            f"interrupted download or copy): fetch it again, or point {ENV_VARS[name]} at a "
+            f"good copy ({ACCEPTED_FORMATS[name]})"
+        ) from err
 
 
 def _not_found_message(name: str, cache: Path, err: BaseException) -> str:
@@ -503,7 +526,8 @@ def _read_cache(cache: Path, name: str, source: str | None = None) -> RawDataset
 
 
 def _write_cache(cache: Path, raw: RawDataset, source: str) -> None:
-    """Save atomically (temp file in the same folder + os.replace); warn if that fails."""
+    """Save atomically (``files.atomic_write``: the user's umask, never a partial file); warn if
+    that fails."""
     obj = {
         "version": CACHE_VERSION,
         "name": raw.name,
@@ -514,18 +538,12 @@ def _write_cache(cache: Path, raw: RawDataset, source: str) -> None:
         "test_x": raw.test_x,
         "test_y": raw.test_y,
     }
-    tmp = None
+    from paperlib.files import atomic_write
+
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp")
-        os.close(fd)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        torch.save(obj, tmp)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda f: torch.save(obj, f))
     except OSError as err:
         warnings.warn(f"could not write the data cache {cache}: {err}", stacklevel=3)
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ---- synthetic ------------------------------------------------------------------------------

@@ -29,4 +29,5 @@ def update_section(path: Path, section: str, text: str, prefix: str = "bench") -
         new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
     else:
         new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
+    if new != old:  # an unchanged table leaves the file (and its timestamp) alone
+        path.write_text(new)

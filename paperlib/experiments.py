@@ -2,28 +2,42 @@
 and the claims each figure makes, computed from that DataFrame.
 
 Each figure has settings per preset (`smoke` | `cpu` | `paper`) applied through
-``config.preset(name, **overrides)``. The `cpu` settings follow the CPU probe
-(shared/paper/CPU-PROBE.md): 8×8 images, N = 2000, a small scale-invariant convnet and
-ηλ = 2e-3, where the noise-dominated regime (G/N ≲ 0.5) sits at B ≈ 16–32.
+``config.preset(name, **overrides)``. The `cpu` settings come from a probe of this setting on
+2 CPU cores: 8×8 images, N = 2000, a small scale-invariant convnet and ηλ = 2e-3, where the
+noise-dominated regime (G/N ≲ 0.5, where the SDE picture applies) sits at B ≈ 16–32.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
-from concurrent.futures import Executor, ProcessPoolExecutor
+import signal
+import threading
+import time
+from concurrent.futures import Executor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .checks import check_data, check_trainable
 from .claims import Claim, check
-from .config import RunConfig, preset
+from .config import RunConfig, preset, refuse_ignored
 from .constants import PRESETS
 from .equilibrium import constant_lr_window, eq11_applies, run_equilibrium_stats
 from .files import StaleResultError
 from .lsr import lsr_failure_batch, predict_critical_batch
-from .store import RunResult, load_result, run, run_id
+from .plan import check_budget, cost, device_of, duration, estimate_compute, estimate_seconds
+from .store import (
+    RunResult,
+    diagnose,
+    load_result,
+    note_result,
+    run,
+    run_id,
+)
 
 RUN_COLUMNS = ("algo", "l", "batch_size", "lr", "wd", "seed", "sampler", "arch", "width", "norm",
                "resolution", "subset")
@@ -35,60 +49,96 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool on Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool's terminate() ends a worker now
 
 
-def _run_one(config: RunConfig, root: str | None) -> str:
-    return str(run(config, root, progress=False).path)
+def _run_one(job: tuple[int, RunConfig, str | None]) -> tuple[int, str, float]:
+    i, config, root = job
+    t0 = time.time()
+    result = run(config, root, progress=False)
+    return i, result.status, time.time() - t0
 
 
-def _cost(config: RunConfig) -> float:
-    """Sample-gradients the run computes (for ordering and for the compute estimate)."""
-    per_step = {"sgd": config.batch_size, "svag": 2 * config.batch_size}.get(
-        config.update_rule, config.train_size)
-    return float(config.total_steps * per_step)
-
-
-def estimate_compute(configs: list[RunConfig]) -> str:
-    """Number of runs, sample-gradients and training FLOPs (3 × forward, FlopCounterMode)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .models import build_model
-
-    flops_per_sample: dict[tuple, float] = {}
-    total = 0.0
-    for c in configs:
-        key = (c.arch, c.width, c.norm, c.resolution, c.dataset)
-        if key not in flops_per_sample:
-            model = build_model(c.arch, width=c.width, norm=c.norm,
-                                num_classes=100 if c.dataset == "cifar100" else 10)
-            x = torch.zeros(2, 3, c.resolution, c.resolution)
-            with FlopCounterMode(display=False) as counter:
-                model(x)
-            flops_per_sample[key] = 3 * counter.get_total_flops() / 2
-        total += _cost(c) * flops_per_sample[key]
-    samples = sum(_cost(c) for c in configs)
-    return (f"{len(configs)} runs, {samples / 1e6:.1f} M sample-gradients, "
-            f"{total / 1e15:.2f} PFLOP (≈ {total / 100e12 / 3600:.2f} GPU-hours at 100 TFLOP/s)")
-
-
-def _train_all(todo: list[RunConfig], root, workers: int | None, executor: Executor | None):
-    workers = workers or os.cpu_count() or 1
-    if executor is None and workers == 1:  # in-process: no pool start-up (smoke runs)
-        for c in todo:
-            run(c, root, progress=False)
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt while training, so a `kill` stops the worker processes
+    as Ctrl-C does (the pool is terminated on the way out) instead of orphaning them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    own = executor is None
-    if own:
-        executor = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(1,))
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        futures = [executor.submit(_run_one, c, None if root is None else str(root))
-                   for c in todo]
-        for f in futures:
-            f.result()
+        yield
     finally:
-        if own:
-            executor.shutdown()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train_all(todo: list[RunConfig], root, workers: int | None, executor: Executor | None,
+               allow_long: bool | None) -> None:
+    """Train ``todo`` (longest first), printing the plan and one line per finished run."""
+    root = None if root is None else str(root)
+    workers = workers or os.cpu_count() or 1
+    jobs = [(i, c, root) for i, c in enumerate(todo)]
+    with _sigterm_as_interrupt():
+        if executor is not None:  # e.g. Slurm through submitit: the device is elsewhere
+            print("wall time: not estimated (external executor)", flush=True)
+            futures = [executor.submit(_run_one, job) for job in jobs]
+            try:
+                _report(todo, (f.result() for f in as_completed(futures)), None, 1)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+            return
+        if workers == 1:  # in-process: no pool start-up (smoke runs)
+            seconds, _ = _measure(todo)
+            _check_plan(todo, seconds, 1, allow_long)
+            _report(todo, map(_run_one, jobs), seconds, 1)
+            return
+        # A pool whose terminate() kills the workers at once (Ctrl-C, SIGTERM, a failed run,
+        # a plan over budget). The estimate is measured in a worker, as the runs will train;
+        # this process must not touch CUDA before it forks (torch then refuses CUDA in the
+        # workers), so the workers also say which device the runs use.
+        pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker,
+                                                  initargs=(1,))
+        try:
+            seconds, on_cpu = pool.apply(_measure, (todo,))
+            parallel = min(workers, len(todo)) if on_cpu else 1  # GPU workers share a device
+            _check_plan(todo, seconds, parallel, allow_long)
+            _report(todo, pool.imap_unordered(_run_one, jobs), seconds, parallel)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+
+
+def _measure(todo: list[RunConfig]) -> tuple[list[float], bool]:
+    """Seconds per run measured in this process, and whether every run trains on the CPU."""
+    return estimate_seconds(todo), all(device_of(c) == "cpu" for c in todo)
+
+
+def _check_plan(todo, seconds: list[float], parallel: int, allow_long: bool | None) -> None:
+    wall = sum(seconds) / parallel
+    print(f"estimated wall time on this machine: {duration(wall)} ({duration(sum(seconds))} "
+          f"of training over {parallel} parallel run(s))", flush=True)
+    check_budget(wall, f"training {len(todo)} run(s)", allow_long)
+
+
+def _report(todo, finished, seconds: list[float] | None, parallel: int) -> None:
+    t0 = time.time()
+    left = set(range(len(todo)))
+    for n, (i, status, took) in enumerate(finished, 1):
+        left.discard(i)
+        c = todo[i]
+        note_result("run", run_id(c), "computed")
+        eta = ""
+        if seconds is not None and left:
+            eta = f", ≈ {duration(sum(seconds[j] for j in left) / parallel)} left"
+        print(f"[{n}/{len(todo)}] {status} in {duration(took)}: {run_id(c)} {c.summary()} "
+              f"(elapsed {duration(time.time() - t0)}{eta})", flush=True)
 
 
 def run_all(
@@ -97,29 +147,51 @@ def run_all(
     root: str | Path | None = None,
     workers: int | None = None,
     executor: Executor | None = None,
+    allow_long: bool | None = None,
 ) -> list[RunResult]:
     """Results of all ``configs``, training the missing ones in parallel worker processes.
+
+    Prints the plan first (runs stored, to train and recomputed with the reason; compute and
+    the wall time estimated on this machine), then one line per finished run. Every run to
+    train is checked before any starts (its values, its net, its data set).
 
     Args:
         workers: processes with one torch thread each (default: one per core; on 2 cores this
             measured 1.3× the throughput of one 2-thread process).
         executor: any ``concurrent.futures.Executor`` (e.g. a submitit executor for Slurm);
             replaces the default process pool.
+        allow_long: go ahead when the estimate exceeds ``plan.LONG_HOURS`` (None: the
+            environment variable ``PAPERLIB_ALLOW_LONG`` decides).
     Raises:
         StaleResultError: when training is not allowed (PAPERLIB_NO_TRAIN=1) and runs are missing.
+        plan.TooLongError: the estimate exceeds the limit and going ahead was not allowed.
+        ValueError: a run cannot train (nothing was started).
     """
     unique = list(dict.fromkeys(configs))
     todo = [c for c in unique if load_result(c, root) is None]
-    print(f"{len(unique)} runs: {len(unique) - len(todo)} stored, {len(todo)} to train")
+    reasons = {c: diagnose(c, root) for c in todo}
+    recomputed = [c for c in todo if reasons[c] != "not stored"]
+    print(f"{len(unique)} runs: {len(unique) - len(todo)} stored, {len(todo)} to train"
+          + (f", of which {len(recomputed)} recomputed" if recomputed else ""))
+    for c in recomputed:
+        print(f"  recomputing {run_id(c)} [{c.summary()}]: {reasons[c]}")
+    for c in unique:
+        if c not in reasons:
+            note_result("run", run_id(c), "stored")
     if todo and os.environ.get("PAPERLIB_NO_TRAIN", "") not in ("", "0"):
-        names = "\n  ".join(f"{run_id(c)}: {c.summary()}" for c in todo)
+        names = "\n  ".join(f"{run_id(c)} ({reasons[c]}): {c.summary()}" for c in todo)
         raise StaleResultError(
             f"{len(todo)} result(s) missing or stale; regenerate them with `make figures` "
             f"(or this notebook at its preset) outside the tests:\n  {names}")
     if todo:
+        for c in todo:
+            refuse_ignored(c)
+            check_trainable(c)
+        for name in sorted({c.dataset for c in todo}):
+            check_data(name)
         print("to train:", estimate_compute(todo), flush=True)
-        todo.sort(key=_cost, reverse=True)  # longest first: better packing on few workers
-        _train_all(todo, root, workers, executor)
+        todo.sort(key=cost, reverse=True)  # longest first: better packing on few workers
+        _train_all(todo, root, workers, executor, allow_long)
     results = [load_result(c, root) for c in unique]
     by_config = dict(zip(unique, results, strict=True))
     return [by_config[c] for c in configs]
@@ -181,6 +253,9 @@ def equilibrium_table(df: pd.DataFrame, results: list[RunResult]) -> pd.DataFram
             continue
         stats = run_equilibrium_stats(h, cfgs[rid])
         rows.append({"run_id": rid, **{c: h[c].iloc[0] for c in RUN_COLUMNS}, **stats})
+    if not rows:  # every run diverged: the same columns, no rows
+        return pd.DataFrame(columns=["run_id", *RUN_COLUMNS, "G", "N", "R", "eq11_rel_err",
+                                     "R_drift"])
     return pd.DataFrame(rows)
 
 
@@ -348,20 +423,32 @@ def fig3(preset_name: str = "cpu", *, root=None, workers=None, **kw):
 
 def fig3_summary(df: pd.DataFrame, results: list[RunResult], C: float = 2 ** 0.5,
                  n_baselines: int = 2) -> tuple[pd.DataFrame, dict]:
-    """Per B: final test error, G_t/N_t (equilibrium window) and the Thm 5.6 prediction."""
+    """Per B: final test error (mean over the seeds that did not diverge), runs that diverged,
+    G_t/N_t (equilibrium window) and the Thm 5.6 prediction.
+
+    The LSR counts as failed at the smallest B whose error exceeds 1.2 × the best (Fig 3) or
+    where a run diverged: divergence is the LSR's failure taken to its end.
+    """
     final = final_test_acc(df)
     eq = equilibrium_table(df, results)
     m = final.merge(eq[["run_id", "G", "N", "eq11_rel_err", "R_drift"]], on="run_id", how="left")
     m["test_error"] = 100 - m["final_test_acc"]
+    m["diverged"] = m["status"] == "diverged"
     per_b = m.groupby("batch_size").agg(test_error=("test_error", "mean"),
-                                        G=("G", "mean"), N=("N", "mean")).reset_index()
+                                        G=("G", "mean"), N=("N", "mean"),
+                                        diverged=("diverged", "sum")).reset_index()
     per_b["G_over_N"] = per_b["G"] / per_b["N"]
     per_b["predicted_B_star"] = [predict_critical_batch(g, n, b, C) if g > 0 else np.nan
                                  for g, n, b in zip(per_b["G"], per_b["N"], per_b["batch_size"],
                                                     strict=True)]
     base = per_b.head(n_baselines)
-    observed = lsr_failure_batch(list(per_b["batch_size"]), list(per_b["test_error"]))
-    info = {"C": C, "observed_failure_B": observed,
+    trained = per_b[per_b["test_error"].notna()]
+    failures = [int(b) for b in per_b.loc[per_b["diverged"] > 0, "batch_size"]]
+    if len(trained):
+        by_error = lsr_failure_batch(list(trained["batch_size"]), list(trained["test_error"]))
+        failures += [] if by_error is None else [int(by_error)]
+    info = {"C": C, "observed_failure_B": min(failures) if failures else None,
+            "diverged_B": [int(b) for b in per_b.loc[per_b["diverged"] > 0, "batch_size"]],
             "predicted_min": float(base["predicted_B_star"].min()),
             "predicted_max": float(base["predicted_B_star"].max()),
             "baselines": list(base["batch_size"])}
@@ -370,7 +457,8 @@ def fig3_summary(df: pd.DataFrame, results: list[RunResult], C: float = 2 ** 0.5
 
 def fig3_claims(df, results, C: float = 2 ** 0.5) -> list[Claim]:
     per_b, info = fig3_summary(df, results, C)
-    ratios = per_b["G_over_N"].to_numpy()
+    ratios = per_b["G_over_N"].to_numpy(dtype=float)
+    ratios = ratios[np.isfinite(ratios)]  # batch sizes whose runs all diverged have none
     increasing = float(np.mean(np.diff(ratios) > 0)) if len(ratios) > 1 else float("nan")
     obs = info["observed_failure_B"]
     pred = info["predicted_min"]

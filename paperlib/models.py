@@ -1,4 +1,4 @@
-"""Networks of FIGURES.md, section "Scale-invariant nets" (Li, Lyu, Arora 2020, App. C).
+"""The paper's scale-invariant networks (built as in Li, Lyu, Arora 2020, App. C).
 
 Scale-invariant families (``preresnet<depth>``, ``vgg11/13/16/19``, ``convnet``):
 
@@ -44,7 +44,7 @@ VGG_CFGS: dict[str, list[int | str]] = {
     "convnet": [16, "M", 32, "M", 64],
 }
 # 'M' pooling and head pooling per VGG config: VGGs follow the recipe (average pooling, global
-# average pool); the convnet follows CPU-PROBE.md, where the Fig 1 gap was found with max
+# average pool); the convnet follows the 2-core CPU probe, where the Fig 1 gap was found with max
 # pooling and a 2×2 adaptive average pool before the head. Max pooling is positively
 # homogeneous, so scale invariance is unchanged.
 VGG_POOLING = {"convnet": ("max", 2)}
@@ -127,7 +127,7 @@ class PreActBlock(nn.Module):
 
 
 class PreResNet(nn.Module):
-    """Scale-invariant PreResNet (FIGURES.md): stem conv → 3 stages of n blocks → norm → GAP → head.
+    """Scale-invariant PreResNet: stem conv → 3 stages of n blocks → norm → GAP → head.
 
     Stage widths 16w/32w/64w, strides 1/2/2; the first block of every stage (stage 1 too) has a
     projection shortcut, so each residual sum is homogeneous of degree 1 in the weights.
@@ -212,7 +212,7 @@ class _ChannelsLast(torch.autograd.Function):
 
 
 class VGG(nn.Module):
-    """Scale-invariant VGG (FIGURES.md): [conv3x3 (no bias) → norm → ReLU | avg-pool 'M']* → GAP
+    """Scale-invariant VGG (paper recipe): [conv3x3 (no bias) → norm → ReLU | avg-pool 'M']* → GAP
     → fixed linear head. Also builds the small ``convnet``."""
 
     def __init__(self, cfg: list[int | str], norm: str, num_classes: int, in_channels: int,

@@ -7,18 +7,31 @@ notebook with other parameters into ``notebooks/appendix/<id>.ipynb``. Parameter
 preset: ``params`` hold at every preset, ``scaled`` replaces some of them at ``cpu`` and ``smoke``
 (the 2-core version of the same panel). ``scaled=None`` marks a figure whose smallest honest
 version does not fit the 2-core budget: it runs at ``paper`` only and ``note`` says why.
+
+``make figures`` writes the committed files only for the ``cpu`` preset from the default store
+(``paths.committed_outputs``); other presets and stores write under ``build/<preset>/``. Each
+notebook executes into ``build/executing/`` and replaces its output only when it finished, after
+the run-to-run noise papermill adds (timestamps, durations, the injected cell's random id, the
+split of printed text into chunks, absolute paths) is taken out: re-plotting unchanged results
+leaves every committed file as it was.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+from .paths import REPO, committed_outputs, output_root, store_root
+
+NOTEBOOK_DIR = REPO / "notebooks"
 APPENDIX_DIR = NOTEBOOK_DIR / "appendix"
-FIGURE_DIR = NOTEBOOK_DIR.parent / "figures"
+FIGURE_DIR = REPO / "figures"
+EXECUTING_DIR = REPO / "build" / "executing"  # notebooks while papermill runs them
 
 
 @dataclass(frozen=True)
@@ -37,9 +50,13 @@ class Figure:
     @property
     def output(self) -> Path:
         """The executed notebook that is committed."""
+        return self.output_under(REPO)
+
+    def output_under(self, root: Path) -> Path:
+        """The executed notebook under an output root (``<root>/notebooks/...``)."""
         if self.appendix:
-            return APPENDIX_DIR / f"{self.id}.ipynb"
-        return NOTEBOOK_DIR / f"{self.notebook}.ipynb"
+            return root / "notebooks" / "appendix" / f"{self.id}.ipynb"
+        return root / "notebooks" / f"{self.notebook}.ipynb"
 
     def runs_at(self, preset: str) -> bool:
         return preset == "paper" or self.scaled is not None
@@ -50,7 +67,7 @@ class Figure:
         if preset != "paper":
             p.update(self.scaled or {})
         if self.appendix:
-            p.update(FIG_ID=self.id, FIG_DIR="../../figures")
+            p.update(FIG_ID=self.id)
         return p
 
 
@@ -143,6 +160,25 @@ def describe(fig_id: str, preset: str) -> str:
     return text + (f". {f.note}" if f.note else "")
 
 
+def default_parameters(notebook: str) -> dict:
+    """The values of the ``parameters`` cell of ``notebooks/<notebook>.ipynb``."""
+    import ast
+
+    nb = json.loads((NOTEBOOK_DIR / f"{notebook}.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    return {node.targets[0].id: ast.literal_eval(node.value)
+            for node in ast.parse("".join(cell["source"])).body}
+
+
+def registered_parameters(fig_id: str, preset: str) -> dict | None:
+    """Every parameter of figure ``fig_id`` as ``make figures`` runs it at ``preset`` (the
+    notebook's defaults with the registry's values), or None for an id not in the registry."""
+    f = {f.id: f for f in FIGURES}.get(fig_id)
+    if f is None or not f.runs_at(preset):
+        return None
+    return {**default_parameters(f.notebook), **f.parameters(preset)}
+
+
 def _fmt_params(p: dict) -> str:
     p = {k: v for k, v in p.items() if k not in ("PRESET", "FIG_ID", "FIG_DIR")}
     return ", ".join(f"`{k}={json.dumps(v)}`" for k, v in p.items()) or "defaults"
@@ -163,14 +199,13 @@ def figure_table(preset: str = "cpu", timings: Path | None = None) -> str:
             here, wall = "paper only", f.note.removeprefix("paper only: ")
         else:
             here = _fmt_params(f.parameters(preset))
-            e = measured.get(f.id)
-            if not isinstance(e, dict):
-                wall = "not measured"
-            elif "wall_s_with_training" in e:
-                wall = (f"{e['wall_s_with_training'] / 60:.1f} min from scratch, "
-                        f"{e['wall_s']:.0f} s re-plot")
-            else:
-                wall = f"{e['wall_s']:.0f} s (runs were stored)"
+            e = measured.get(f.id) if isinstance(measured.get(f.id), dict) else {}
+            parts = []
+            if "wall_s_with_training" in e:
+                parts.append(f"{e['wall_s_with_training'] / 60:.1f} min from scratch")
+            if "wall_s" in e:
+                parts.append(f"{e['wall_s']:.0f} s re-plot")
+            wall = ", ".join(parts) or "not measured"
         lines.append(f"| {f.paper} | `{f.id}` | {nb} | {here} | "
                      f"{_fmt_params(f.parameters('paper'))} | {wall} |")
     return "\n".join(lines)
@@ -217,62 +252,143 @@ def select(only: list[str] | None = None) -> list[Figure]:
     return [f for f in FIGURES if f.id in ids]
 
 
-def execute_all(preset: str = "cpu", only: list[str] | None = None) -> dict[str, float]:
-    """Execute each figure's notebook with its parameters at ``preset``; return wall seconds
-    per figure id. Figures that do not run at ``preset`` are listed with the reason."""
-    import papermill as pm
+def notebook_paths() -> list[Path]:
+    """The source notebooks (each runs at smoke in the tests)."""
+    return sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
+
+def execute_all(preset: str = "cpu", only: list[str] | None = None,
+                out: Path | None = None) -> dict[str, float]:
+    """Execute each figure's notebook with its parameters at ``preset``; return wall seconds
+    per figure id. Figures that do not run at ``preset`` are listed with the reason.
+
+    Args:
+        out: write ``figures/`` and ``notebooks/`` under this folder (default: the repository
+            for the committed outputs, else ``build/<preset>/``).
+    """
     from .constants import PRESETS
 
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is not allowed; choose one of {list(PRESETS)}")
     figures = select(only)
+    committed = out is None and committed_outputs(preset)
+    root = Path(out) if out is not None else output_root(preset)
     skipped = [f for f in figures if not f.runs_at(preset)]
     figures = [f for f in figures if f.runs_at(preset)]
-    print(f"executing {len(figures)} figure notebook(s) at preset {preset!r}")
+    where = "the committed figures/ and notebooks/" if committed else f"{root}/"
+    print(f"executing {len(figures)} figure notebook(s) at preset {preset!r} into {where}; "
+          f"results store {store_root(preset)}", flush=True)
     for f in skipped:
         print(f"  skipped {f.id} ({f.note})")
     times = {}
     for f in figures:
-        f.output.parent.mkdir(parents=True, exist_ok=True)
-        before = _stored_results()
+        params = f.parameters(preset)
+        if not committed:
+            params["FIG_DIR"] = str(root / "figures")
+        print(f"\n=== {f.id}: {f.paper} ===", flush=True)
         t0 = time.time()
-        pm.execute_notebook(str(NOTEBOOK_DIR / f"{f.notebook}.ipynb"), str(f.output),
-                            parameters=f.parameters(preset), cwd=str(f.output.parent),
-                            progress_bar=False)
+        stored, computed = execute(f.notebook, f.output_under(root), params)
         times[f.id] = time.time() - t0
-        computed = _stored_results() - before
-        print(f"{f.id} ({f.output.relative_to(NOTEBOOK_DIR.parent)}): {times[f.id]:.0f} s, "
-              f"{computed} result(s) computed", flush=True)
-        record_timing(f.id, preset, times[f.id], computed)
-    if preset == "cpu":
+        print(f"=== {f.id}: {times[f.id]:.0f} s; {len(computed)} result(s) computed, "
+              f"{len(stored)} loaded from the store ===", flush=True)
+        record_timing(f.id, preset, times[f.id], len(computed), len(stored),
+                      path=root / "figures" / "timings.json")
+    if committed:
         sync_readme()
     return times
 
 
-def _stored_results() -> int:
-    """Training runs in the store plus cached theory experiments and monitor runs."""
-    from .paths import data_root
+def execute(notebook: str, target: Path, parameters: dict) -> tuple[set, set]:
+    """Run ``notebooks/<notebook>.ipynb`` with papermill into ``target``; return the names of the
+    results it loaded from the store and of those it computed.
 
-    root = data_root()
-    return (sum(1 for _ in root.glob("runs/*/manifest.json"))
-            + sum(1 for _ in root.glob("theory/*.json"))
-            + sum(1 for _ in root.glob("monitor/*.json")))
+    The notebook's output streams to this terminal as it runs. It is executed into
+    ``build/executing/`` and moved to ``target`` (normalized) only when every cell finished: a
+    failed or interrupted execution leaves ``target`` untouched and the partial notebook there.
+    """
+    import papermill as pm
+
+    from .files import atomic_write_bytes
+    from .store import RESULT_LOG_ENV
+
+    EXECUTING_DIR.mkdir(parents=True, exist_ok=True)
+    running = EXECUTING_DIR / target.name
+    fd, log = tempfile.mkstemp(prefix="results-", suffix=".jsonl", dir=EXECUTING_DIR)
+    os.close(fd)
+    previous = os.environ.get(RESULT_LOG_ENV)
+    os.environ[RESULT_LOG_ENV] = log  # the kernel inherits it and notes every result it uses
+    try:
+        nb = pm.execute_notebook(str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(running),
+                                 parameters=parameters, cwd=str(NOTEBOOK_DIR),
+                                 progress_bar=False, stdout_file=sys.stdout,
+                                 stderr_file=sys.stderr)
+        atomic_write_bytes(target, normalized(nb, notebook, target))
+        running.unlink()
+        events = [json.loads(line) for line in Path(log).read_text().splitlines() if line]
+    except BaseException:
+        print(f"(the partial notebook is {running}; {target} was not replaced)", file=sys.stderr)
+        raise
+    finally:
+        os.unlink(log)
+        if previous is None:
+            os.environ.pop(RESULT_LOG_ENV, None)
+        else:
+            os.environ[RESULT_LOG_ENV] = previous
+    computed = {(e["kind"], e["name"]) for e in events if e["event"] == "computed"}
+    stored = {(e["kind"], e["name"]) for e in events if e["event"] == "stored"} - computed
+    return stored, computed
 
 
-def record_timing(fig_id: str, preset: str, seconds: float, computed: int,
+_VOLATILE = ("start_time", "end_time", "duration")  # papermill's timing metadata
+
+
+def normalized(nb, notebook: str, target: Path) -> bytes:
+    """The executed notebook as bytes that depend only on its inputs and outputs: no
+    timestamps or durations, a fixed id for the injected-parameters cell, consecutive printed
+    chunks merged into one output, and repository-relative paths."""
+    import nbformat
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    meta = nb.metadata.get("papermill", {})
+    for key in _VOLATILE:
+        meta.pop(key, None)
+    meta["input_path"] = f"notebooks/{notebook}.ipynb"
+    meta["output_path"] = _relative(target)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        for key in _VOLATILE:
+            cell.metadata.get("papermill", {}).pop(key, None)
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"
+    nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})
+    return (nbformat.writes(nb) + "\n").encode()
+
+
+def _relative(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+
+def record_timing(fig_id: str, preset: str, seconds: float, computed: int, stored: int = 0,
                   path: Path | None = None) -> None:
-    """figures/timings.json, {preset: {id: entry}}: ``wall_s`` and ``results_computed`` of the
-    last execution, and ``wall_s_with_training`` of the last execution that computed results
-    (trained runs; a re-plot from the store does not overwrite it)."""
+    """figures/timings.json, {preset: {id: entry}}: ``wall_s_with_training`` and
+    ``results_computed`` of the last execution that computed every result it used (from an
+    empty store), and ``wall_s`` of a re-plot from the store (recorded once: a re-plot does not
+    rewrite the file, so re-plotting leaves the committed files unchanged)."""
     from .files import atomic_write_bytes
 
     path = path or FIGURE_DIR / "timings.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     entry = data.setdefault(preset, {}).get(fig_id)
-    entry = entry if isinstance(entry, dict) else {}
-    entry.update(wall_s=round(seconds, 1), results_computed=computed)
-    if computed:
-        entry["wall_s_with_training"] = round(seconds, 1)
+    entry = dict(entry) if isinstance(entry, dict) else {}
+    if computed and not stored:
+        entry.update(wall_s_with_training=round(seconds, 1), results_computed=computed)
+    elif computed:
+        print(f"{fig_id}: {computed} of {computed + stored} results recomputed; not recorded as "
+              "a from-scratch time", flush=True)
+    elif "wall_s" not in entry:
+        entry["wall_s"] = round(seconds, 1)
+    if entry == data[preset].get(fig_id):
+        return
     data[preset][fig_id] = entry
     atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())

@@ -7,6 +7,7 @@ from pathlib import Path
 # No matplotlib.use(...) here: importing the library must not change the caller's backend
 # (inline in Jupyter; matplotlib itself falls back to Agg where there is no display).
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
@@ -88,11 +89,15 @@ def fig3(per_b, info, C2: float = 2.0):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     b = per_b["batch_size"]
     ax.plot(b, per_b["test_error"], "o-", color="C0", label="final test error (%)")
-    best = per_b["test_error"].min()
-    failed = per_b[per_b["test_error"] > 1.2 * best]
-    if len(failed):
-        ax.axvspan(failed["batch_size"].min() / 1.4, b.max() * 1.4, color="red", alpha=0.12,
-                   label="LSR failed (error > 1.2 × best)")
+    diverged = per_b[per_b["diverged"] > 0] if "diverged" in per_b else per_b.iloc[:0]
+    if len(diverged):  # no test error to draw: a cross at the top of the axis
+        top = per_b["test_error"].max() * 1.05 if per_b["test_error"].notna().any() else 100
+        ax.plot(diverged["batch_size"], [top] * len(diverged), "x", color="red",
+                markersize=9, markeredgewidth=2, linestyle="none", label="diverged")
+    if info.get("observed_failure_B") is not None:
+        ax.axvspan(info["observed_failure_B"] / 1.4, b.max() * 1.4, color="red", alpha=0.12,
+                   label="LSR failed (error > 1.2 × best" + (" or diverged)" if len(diverged)
+                                                             else ")"))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size B (η = 0.8 · B / 128)")
     ax.set_ylabel("final test error (%)")
@@ -102,6 +107,8 @@ def fig3(per_b, info, C2: float = 2.0):
     ax2.set_yscale("log")
     ax2.set_ylabel("G_t / N_t")
     for key, ls in (("predicted_min", "-."), ("predicted_max", "--")):
+        if not np.isfinite(info[key]):  # the baseline runs diverged: no prediction
+            continue
         ax.axvline(info[key], color="C1", linestyle=ls,
                    label=f"{key.split('_')[1]} predicted B* = {info[key]:.0f}")
     h1, l1 = ax.get_legend_handles_labels()

@@ -20,7 +20,7 @@ per epoch; ``resolution=1.0`` (epochs) reproduces that by flooring t to whole ep
 
 Kinds: "constant"; "step" (``milestones`` with ``gamma`` per milestone, or explicit cumulative
 ``factors``); "cosine" (from 1 to ``min_factor`` over ``total``); "piecewise_linear" and its alias
-"triangle" (linear interpolation through ``knots``). See FIGURES.md for the paper's schedules:
+"triangle" (linear interpolation through ``knots``). The paper's schedules (App. F):
 :func:`triangle_schedule` and :func:`cosine_schedule` build the appendix ones.
 """
 
@@ -272,7 +272,7 @@ def step_schedule(
 def cosine_schedule(
     base_lr: float = 0.8, final_lr: float = 1e-3, total: float = 160.0, unit: str = "epoch"
 ) -> Schedule:
-    """Cosine decay from ``base_lr`` to ``final_lr`` over ``total`` (FIGURES.md: 0.8 → ~0.001
+    """Cosine decay from ``base_lr`` to ``final_lr`` over ``total`` (the paper: 0.8 → ~0.001
     over 160 epochs), as factors of ``base_lr``: min_factor = final_lr / base_lr.
 
     Args:
@@ -304,7 +304,7 @@ def triangle_schedule(
     shift: float = 1.0,
     unit: str = "epoch",
 ) -> Schedule:
-    """Cyclic triangle LR of the appendix (FIGURES.md), as factors of ``base_lr``.
+    """Cyclic triangle LR of the appendix (App. F), as factors of ``base_lr``.
 
     ``len(heights)`` cycles of length P = total / cycles, half-length H = P / 2. Cycle c rises
     linearly from min_lr·h_c to base_lr·h_c over H and falls back to min_lr over H. Following

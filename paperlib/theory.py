@@ -13,7 +13,7 @@ Each experiment is one public function ``f(S) -> pandas.DataFrame`` taking the
 * :func:`tail_index_experiment`: App. B.3, the block-sum tail-index estimator calls Gaussian
   noise heavy-tailed.
 
-Results of the ``cpu`` and ``paper`` presets are cached as CSV under ``<data>/theory/`` (keyed by
+Results of the ``cpu`` and ``paper`` presets are cached as CSV under ``<store>/theory/`` (keyed by
 experiment, preset and a hash of the settings); ``smoke`` always recomputes and never touches the
 cache. With ``PAPERLIB_NO_TRAIN=1`` (notebooks under nbval) a missing cache file raises
 :class:`paperlib.files.StaleResultError` instead of computing.
@@ -40,7 +40,8 @@ from scipy import stats
 from . import __version__, seeding
 from .constants import PRESETS
 from .files import StaleResultError, atomic_write_bytes
-from .paths import data_root
+from .paths import theory_root
+from .store import note_result
 from .svag import svag_coefficients
 
 CACHE_VERSION = 1  # bump when a change alters what a cached experiment computes
@@ -239,7 +240,7 @@ class TailSettings:
 @dataclass(frozen=True)
 class TheorySettings:
     preset: str
-    cache: bool  # cpu / paper: load results from <data>/theory/ or compute and store them
+    cache: bool  # cpu / paper: load results from <store>/theory/ or compute and store them
     lemma: LemmaSettings = field(default_factory=LemmaSettings)
     ou: OUSettings = field(default_factory=OUSettings)
     double_well: DoubleWellSettings = field(default_factory=DoubleWellSettings)
@@ -294,7 +295,7 @@ def _cache_path(name: str, preset: str, sub) -> tuple[Path, dict]:
     meta = {"experiment": name, "preset": preset, "settings": dataclasses.asdict(sub),
             "cache_version": CACHE_VERSION, "paperlib_version": __version__}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
-    return data_root() / "theory" / f"{name}-{preset}-{key}.csv", meta
+    return theory_root(preset) / f"{name}-{preset}-{key}.csv", meta
 
 
 def _roundtrip(df: pd.DataFrame) -> tuple[bytes, pd.DataFrame]:
@@ -304,7 +305,7 @@ def _roundtrip(df: pd.DataFrame) -> tuple[bytes, pd.DataFrame]:
 
 
 def _cached(name: str, field_name: str):
-    """Decorator: ``f(S)`` is loaded from / stored to ``<data>/theory/<name>-<preset>-<hash>.csv``
+    """Decorator: ``f(S)`` is loaded from / stored to ``<store>/theory/<name>-<preset>-<hash>.csv``
     when ``S.cache``; the hash covers ``S.<field_name>``, CACHE_VERSION and paperlib's version."""
 
     def wrap(compute: Callable[[TheorySettings], pd.DataFrame]):
@@ -315,6 +316,7 @@ def _cached(name: str, field_name: str):
                 return _roundtrip(compute(S))[1]
             path, meta = _cache_path(name, S.preset, getattr(S, field_name))
             if path.exists():
+                note_result("theory", path.name, "stored")
                 return pd.read_csv(path)
             if os.environ.get("PAPERLIB_NO_TRAIN", "") not in ("", "0"):
                 raise StaleResultError(
@@ -326,6 +328,7 @@ def _cached(name: str, field_name: str):
                 old.unlink()
             atomic_write_bytes(path, blob)
             atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+            note_result("theory", path.name, "computed")
             return df
 
         run.__name__, run.__doc__ = compute.__name__, compute.__doc__

@@ -7,7 +7,7 @@
 # Data: CIFAR10_PATH (or the decoded cache data/cifar10.pt); the synthetic stand-in otherwise.
 # Output: the table on stdout; under $OUT (a temporary folder if unset): bench-gpu.md,
 #   bench-gpu.json, notebooks/*.ipynb, figs/, notebooks.tsv. Runs go to a scratch run store
-#   (PAPERLIB_DATA is pointed at a temporary folder), never to data/runs.
+#   (PAPERLIB_STORE is pointed at a temporary folder), never to data/runs.
 #
 # Usage:  scripts/gpu_check.sh [--device cuda|cpu] [--quick] [--compile]
 #   --device cpu --quick   dry run on a CPU machine (seconds; checks the script, not the speed)
@@ -35,13 +35,10 @@ PY="${PYTHON:-.venv/bin/python}"
 OUT_DIR="${OUT:-$(mktemp -d -t gpu_check.XXXXXX)}"
 mkdir -p "$OUT_DIR/figs" "$OUT_DIR/notebooks"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONHASHSEED=0
-# A scratch data folder: the notebooks' runs must not land in the repository's run store. The
-# decoded data sets already there are linked in, so nothing is decoded twice.
-SCRATCH="$(mktemp -d -t gpu_check_data.XXXXXX)"
-for cache in "${PAPERLIB_DATA:-data}"/*.pt; do
-    [ -f "$cache" ] && ln -s "$(cd "$(dirname "$cache")" && pwd)/$(basename "$cache")" "$SCRATCH/"
-done
-export PAPERLIB_DATA="$SCRATCH"
+# A scratch results store: the notebooks' runs must not land in the repository's run store
+# (the decoded data sets stay where they are, so nothing is decoded twice).
+SCRATCH="$(mktemp -d -t gpu_check_store.XXXXXX)"
+export PAPERLIB_STORE="$SCRATCH"
 NB_TIMEOUT="${NB_TIMEOUT:-120}" NB_BUDGET="${NB_BUDGET:-180}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-270}"
 START=$SECONDS
 STATUS=0
@@ -56,7 +53,7 @@ else
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
         --format=csv,noheader
 fi
-echo "gpu_check: device=$DEVICE python=$PY out=$OUT_DIR data=$SCRATCH" \
+echo "gpu_check: device=$DEVICE python=$PY out=$OUT_DIR store=$SCRATCH" \
     "CIFAR10_PATH=${CIFAR10_PATH:-unset}"
 
 # --- 1. smoke notebooks ----------------------------------------------------------------------

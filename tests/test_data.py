@@ -214,6 +214,56 @@ def test_bad_paths(tmp_path, monkeypatch):
         data.load_dataset("imagenet")
 
 
+def _damaged(kind: str, fakes, tmp_path):
+    """A data source of each damaged kind, with the name of the data set it claims to be."""
+    if kind == "truncated archive":  # `head -c` half of it: gzip's EOFError before
+        path = tmp_path / "half.tar.gz"
+        blob = fakes["tgz"].read_bytes()
+        path.write_bytes(blob[: len(blob) // 2])
+        return "cifar10", path
+    if kind == "corrupt image":
+        path = tmp_path / "tree"
+        shutil.copytree(fakes["tree"], path)
+        next(path.rglob("*.png")).write_bytes(b"\x89PNG not really")
+        return "cifar10", path
+    if kind == "corrupt pickle":
+        path = tmp_path / "batches"
+        shutil.copytree(fakes["batches"], path)
+        (path / "data_batch_1").write_bytes(b"\x80\x04 truncated")
+        return "cifar10", path
+    path = tmp_path / "svhn"  # a .mat file that is not one
+    path.mkdir()
+    for split in ("train", "test"):
+        (path / f"{split}_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, damaged")
+    return "svhn", path
+
+
+@pytest.mark.parametrize("kind", ["truncated archive", "corrupt image", "corrupt pickle",
+                                  "corrupt mat"])
+def test_unreadable_files_are_the_librarys_error_naming_the_path(kind, fakes, tmp_path):
+    name, path = _damaged(kind, fakes, tmp_path)
+    with pytest.raises(data.DatasetFormatError) as info:
+        data.load_dataset(name, path=path, root=tmp_path / "cache", expect_counts=False)
+    msg = str(info.value)
+    assert str(path) in msg and "damaged or incomplete" in msg and "fetch it again" in msg
+    assert not (tmp_path / "cache").exists()  # no cache of a bad read
+
+
+def test_cli_reports_a_truncated_archive_and_writes_nothing(fakes, tmp_path, monkeypatch,
+                                                             capsys):
+    from paperlib.__main__ import main
+
+    _, path = _damaged("truncated archive", fakes, tmp_path)
+    monkeypatch.setenv("CIFAR10_PATH", str(path))
+    monkeypatch.setenv("PAPERLIB_DATA", str(tmp_path / "data"))
+    code = main(["train", "--preset", "smoke", "--device", "cpu", "--store",
+                 str(tmp_path / "store"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cannot read the cifar10 data at"), err
+    assert str(path) in err and "CIFAR10_PATH" in err
+    assert not (tmp_path / "store").exists() and not (tmp_path / "data").exists()
+
+
 def test_wrong_classes_and_counts(fakes, tmp_path):
     tree = tmp_path / "two"
     for split in ("train", "test"):

@@ -81,3 +81,39 @@ def test_gd_runs_are_shared_across_batch_sizes():
     gd = {c for c in main if c.algo == "gd"}
     assert gd and gd == {c for c in small if c.algo == "gd"}
     assert {c.batch_size for c in small if c.algo != "gd"} == {8}
+
+
+def _lsr_sweep(tmp_path, diverge) -> tuple:
+    """The smoke Fig 3 sweep on synthetic data, with η = 1e6 injected at the batch sizes in
+    ``diverge`` (the failure an LSR sweep exists to show)."""
+    configs = [c.replace(lr=1e6) if c.batch_size in diverge else c
+               for c in experiments.fig3_configs("smoke", dataset="synthetic", device="cpu")]
+    results = experiments.run_all(configs, root=tmp_path, workers=1)
+    assert {r.config.batch_size for r in results if r.status == "diverged"} == set(diverge)
+    return experiments.tidy(results), results
+
+
+def test_a_diverged_lsr_run_counts_as_a_failure_and_is_drawn(tmp_path):
+    from paperlib import plots
+
+    df, results = _lsr_sweep(tmp_path, diverge={64})
+    per_b, info = experiments.fig3_summary(df, results)
+    assert info["diverged_B"] == [64]
+    assert info["observed_failure_B"] is not None and info["observed_failure_B"] <= 64
+    assert per_b.set_index("batch_size").loc[64, "diverged"] == 1
+    fig = plots.fig3(per_b, info)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "diverged" in labels and any(lab.startswith("LSR failed") for lab in labels)
+    claims = experiments.fig3_claims(df, results)
+    assert all(isinstance(c.passed, bool) for c in claims)
+
+
+def test_an_lsr_sweep_where_every_run_diverged_is_summarized(tmp_path):
+    from paperlib import plots
+
+    df, results = _lsr_sweep(tmp_path, diverge={8, 16, 32, 64})
+    per_b, info = experiments.fig3_summary(df, results)
+    assert info["observed_failure_B"] == 8 and per_b["test_error"].isna().all()
+    plots.fig3(per_b, info)
+    verdicts = [c.verdict for c in experiments.fig3_claims(df, results)]
+    assert verdicts and set(verdicts) == {"FAIL"}  # no G/N, no prediction: nothing passes

@@ -2,24 +2,18 @@
 parameters, its runs validate at every preset it runs at, and the committed executed notebook
 exists for every figure that `make figures` runs at cpu."""
 
-import ast
 import json
 
 import pytest
 
 from paperlib import experiments
-from paperlib.notebooks import FIGURES, NOTEBOOK_DIR, execute_all, select
+from paperlib.notebooks import FIGURES, NOTEBOOK_DIR, default_parameters, execute_all, select
 
 BY_ID = {f.id: f for f in FIGURES}
 
 
 def _parameter_cell(notebook: str) -> dict:
-    nb = json.loads((NOTEBOOK_DIR / f"{notebook}.ipynb").read_text())
-    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
-    values = {}
-    for node in ast.parse("".join(cell["source"])).body:
-        values[node.targets[0].id] = ast.literal_eval(node.value)
-    return values
+    return default_parameters(notebook)
 
 
 # Mirrors the one paperlib call of each figure notebook (the notebooks themselves are executed

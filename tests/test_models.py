@@ -1,4 +1,4 @@
-"""Tests of paperlib.models against FIGURES.md, section "Scale-invariant nets"."""
+"""Tests of paperlib.models against the paper's scale-invariant nets (Li, Lyu, Arora 2020)."""
 
 import math
 

@@ -118,3 +118,16 @@ def test_readme_monitor_examples_run(tmp_path, monkeypatch):
     with redirect_stdout(io.StringIO()) as cli:
         assert main(["predict-lsr", "noise-log/noise.csv", "--batch-size", "64"]) == 0
     assert math.isfinite(float(cli.getvalue().split("B* = B·C²(1 + N/G) = ")[1].split()[0]))
+def test_docs_cite_only_what_is_in_the_repository():
+    """The README, notebooks, code and tests used to send readers to files outside the
+    repository; what a reader needs from them is said in the repository's own words."""
+    import subprocess
+
+    outside = ("CPU-" + "PROBE", "FIGURES" + ".md", "shared/" + "paper")
+    files = subprocess.run(["git", "ls-files"], cwd=README.parent, capture_output=True,
+                           text=True, check=True).stdout.split()
+    texts = [f for f in files if f.endswith((".md", ".py", ".ipynb", ".sh", ".toml", ".yml"))
+             or f == "Makefile"]
+    cited = [(f, name) for f in texts for name in outside
+             if name in (README.parent / f).read_text(errors="replace")]
+    assert not cited

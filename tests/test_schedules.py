@@ -1,4 +1,4 @@
-"""LR / weight-decay schedules on base time, FIGURES.md's triangle and cosine, SVAG stretching."""
+"""LR / weight-decay schedules on base time, the appendix's triangle and cosine, SVAG stretching."""
 
 import math
 
@@ -46,7 +46,7 @@ def test_cosine_endpoints():
     assert s(250) == pytest.approx(0.01)  # clamped after total
     vals = [s(t) for t in range(0, 101, 5)]
     assert all(b < a for a, b in zip(vals, vals[1:], strict=False))
-    c = cosine_schedule()  # FIGURES.md: 0.8 → ~0.001 over 160 epochs
+    c = cosine_schedule()  # the paper: 0.8 → ~0.001 over 160 epochs
     assert 0.8 * c(0) == pytest.approx(0.8)
     assert 0.8 * c(160) == pytest.approx(0.001)
     assert 0.8 * c(80) == pytest.approx((0.8 + 0.001) / 2)

@@ -250,7 +250,7 @@ def test_tail_index_rejects_bad_input(bad):
 
 
 def test_cache_roundtrip_and_no_train(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAPERLIB_DATA", str(tmp_path))
+    monkeypatch.setenv("PAPERLIB_STORE", str(tmp_path))
     S = theory.TheorySettings("cpu", cache=True,
                               lemma=theory.LemmaSettings(n=3, batch_sizes=(1,), l_values=(2,)))
     monkeypatch.setenv("PAPERLIB_NO_TRAIN", "1")
@@ -269,7 +269,7 @@ def test_cache_roundtrip_and_no_train(tmp_path, monkeypatch):
 
 
 def test_smoke_never_touches_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAPERLIB_DATA", str(tmp_path))
+    monkeypatch.setenv("PAPERLIB_STORE", str(tmp_path))
     monkeypatch.setenv("PAPERLIB_NO_TRAIN", "1")
     theory.lemma47(theory.settings("smoke"))
     assert not (tmp_path / "theory").exists()

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from paperlib import store
-from paperlib.__main__ import main
 from paperlib.config import RunConfig, preset
 from paperlib.equilibrium import eq11_applies, run_equilibrium_stats
 from paperlib.files import StaleResultError
@@ -216,53 +215,6 @@ def test_equilibrium_identity_on_a_short_run():
         assert math.isfinite(s["R"]) and math.isfinite(s["grad_sq"])
     assert eq11_applies(cfg.replace(wd_milestones=(200.0,), wd_gamma=0.5))
     assert eq11_applies(cfg.replace(schedule="constant", milestones=()))
-
-
-BAD = [
-    (["--l", "0.5"], "l=0.5"),
-    (["--batch-size", "0"], "batch_size=0"),
-    (["--batch-size", "300"], "batch_size=300"),
-    (["--lr", "0"], "lr=0"),
-    (["--lr", "-1"], "lr=-1"),
-    (["--arch", "alexnet"], "arch='alexnet'"),
-    (["--norm", "ln"], "norm='ln'"),
-    (["--dataset", "mnist"], "dataset='mnist'"),
-    (["--sampler", "stratified"], "sampler='stratified'"),
-    (["--preset", "huge"], "preset='huge'"),
-    (["--algo", "ngd", "--norm", "bn"], "norm='bn'"),
-    (["--algo", "adam"], "algo='adam'"),
-]
-
-
-@pytest.mark.parametrize("args,expected", BAD)
-def test_cli_rejects_bad_values_before_any_work(tmp_path, capsys, args, expected):
-    data = [] if "--dataset" in args else ["--dataset", "synthetic"]
-    argv = ["train", "--preset", "smoke", *data, "--runs", str(tmp_path / "r"), *args]
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code != 0
-    assert expected in err and "allowed" in err
-    assert not (tmp_path / "r").exists()  # nothing written
-
-
-def test_cli_train_and_predict_lsr(tmp_path, capsys):
-    runs = tmp_path / "runs"
-    assert main(["train", "--preset", "smoke", "--dataset", "synthetic", "--device", "cpu",
-                 "--runs", str(runs), "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "complete" in out
-    (run_dir,) = list(runs.iterdir())
-    assert main(["predict-lsr", str(run_dir)]) == 0
-    out = capsys.readouterr().out
-    assert "critical batch size B*" in out and "Thm 5.6" in out
-    assert main(["predict-lsr", str(tmp_path)]) == 2
-    # the same prediction from the run's history as a plain CSV log (a user's own training)
-    b_star = [line for line in out.splitlines() if "B* =" in line]
-    csv = run_dir / "history.csv"
-    assert main(["predict-lsr", str(csv)]) == 2  # a CSV log needs --batch-size
-    assert main(["predict-lsr", str(csv), "--batch-size", "16"]) == 0
-    out = capsys.readouterr().out
-    assert [line for line in out.splitlines() if "B* =" in line] == b_star
 
 
 def test_eval_from_skips_early_evaluations_and_keeps_the_last():

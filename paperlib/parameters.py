@@ -1,0 +1,154 @@
+"""The figure notebooks' parameters: what each accepts, and turning what papermill injects into
+it. ``papermill -p SEEDS "[0, 1, 2]"`` injects the string "[0, 1, 2]" (papermill's ``-p`` only
+converts numbers, True/False and None), so list parameters are parsed as YAML (``-y`` gives the
+same). A bad value stops the notebook at its first cell with the parameter's name and what it
+allows. Each notebook's first code cell runs ``globals().update(parameters.check(globals()))``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Callable
+
+import yaml
+
+from .config import SCHEDULES, validate_arch
+from .constants import DATASETS, NORMS, PRESETS, SAMPLERS
+from .paths import REPO, in_repo, output_root, runs_root
+
+_FIG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v) -> bool:
+    return _real(v) and float(v).is_integer()
+
+
+def _as_list(v):
+    """A list parameter: a list as given, or parsed from papermill's string ("[0, 1]")."""
+    if isinstance(v, str):
+        try:
+            v = yaml.safe_load(v)
+        except yaml.YAMLError:
+            return None
+    if isinstance(v, tuple):
+        v = list(v)
+    return v if isinstance(v, list) else [v] if v is not None and v != "" else []
+
+
+def _choice_or_default(allowed) -> Callable:
+    def ok(v):
+        return v == "" or v in allowed
+    return ok
+
+
+def _arch_ok(v) -> bool:
+    if v == "":
+        return True
+    try:
+        validate_arch(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _panels_ok(v) -> bool:
+    return all(isinstance(p, list) and len(p) == 2 and _int(p[0]) and p[0] >= 1 and _real(p[1])
+               and p[1] > 0 for p in v)
+
+
+# name: (kind, check, what is allowed). Kinds: "str", "int", "float", "list".
+RULES: dict[str, tuple[str, Callable, str]] = {
+    "PRESET": ("str", lambda v: v in PRESETS, f"one of {list(PRESETS)}"),
+    "SEEDS": ("list", lambda v: v and all(_int(s) and s >= 0 for s in v),
+              'a non-empty list of integers ≥ 0, e.g. -p SEEDS "[0, 1]"'),
+    "GAP_SEEDS": ("list", lambda v: all(_int(s) and s >= 0 for s in v),
+                  'a list of integers ≥ 0, e.g. -p GAP_SEEDS "[0, 1]"'),
+    "BATCH_SIZE": ("int", lambda v: v >= 0, "an integer ≥ 1, or 0 for the preset's"),
+    "BATCH_SIZES": ("list", lambda v: all(_int(b) and b >= 1 for b in v),
+                    'a list of batch sizes ≥ 1 ([] for the preset\'s), e.g. "[16, 64, 256]"'),
+    "GAP_BATCH_SIZES": ("list", lambda v: all(_int(b) and b >= 1 for b in v),
+                        'a list of batch sizes ≥ 1, e.g. "[16, 64]"'),
+    "WIDTH": ("float", lambda v: v >= 0, "a width factor > 0, or 0 for the preset's"),
+    "LS": ("list", lambda v: v and all(_int(x) and x >= 1 for x in v),
+           'a non-empty list of integers l ≥ 1 (SVAG, eq. 5), e.g. "[1, 2, 4, 8]"'),
+    "PANELS": ("list", _panels_ok,
+               'a list of [B, η] pairs with B ≥ 1 and η > 0 ([] for the preset\'s), e.g. '
+               '"[[16, 0.4], [128, 3.2]]"'),
+    "SAMPLERS": ("list", lambda v: v and all(s in SAMPLERS for s in v),
+                 f"a non-empty list of samplers from {list(SAMPLERS)}"),
+    "ARCH": ("str", _arch_ok, '"" for the preset\'s, preresnet<6n+2>, resnet<6n+2>, vgg11/13/'
+                              '16/19 or convnet'),
+    "NORM": ("str", _choice_or_default(NORMS), f'"" for the preset\'s, or one of {list(NORMS)}'),
+    "DATASET": ("str", _choice_or_default(DATASETS),
+                f'"" for the preset\'s, or one of {list(DATASETS)}'),
+    "SCHEDULE": ("str", _choice_or_default(SCHEDULES),
+                 f'"" for the step schedule, or one of {list(SCHEDULES)}'),
+    "C2": ("float", lambda v: v > 1, "the threshold C² of Thm 5.6, a number > 1"),
+    "WORKERS": ("int", lambda v: v >= 0, "a number of processes ≥ 1, or 0 for one per core"),
+    "RUNS_DIR": ("str", lambda v: True, "a folder (\"\" for the store's runs/)"),
+    "FIG_DIR": ("str", lambda v: True, "a folder (\"\" for the preset's figures/)"),
+    "FIG_ID": ("str", lambda v: bool(_FIG_ID.match(v)),
+               "a file name stem of letters, digits, '.', '_' and '-'"),
+}
+
+
+def _convert(kind: str, v):
+    if kind == "list":
+        return _as_list(v)
+    if kind == "str":
+        return str(v) if _real(v) else v if isinstance(v, str) else None
+    if kind == "int":
+        return int(v) if _int(v) else None
+    return float(v) if _real(v) else None  # float
+
+
+def check(values: dict) -> dict:
+    """The notebook parameters found in ``values`` (a notebook's globals), converted to their
+    kinds and checked, with ``FIG_DIR`` and ``RUNS_DIR`` made absolute: "" means the output
+    folder of these parameters (``figures/`` for a registered figure at the cpu preset from the
+    default store, else ``build/<preset>/figures``) and the preset's store's ``runs/``
+    (``paths.store_root``); a relative folder is taken relative to the repository.
+
+    Raises:
+        ValueError: naming the first parameter with a bad value and what it allows.
+    """
+    out = {}
+    for name, (kind, ok, allowed) in RULES.items():
+        if name not in values:
+            continue
+        v = _convert(kind, values[name])
+        if v is None or not ok(v):
+            raise ValueError(f"notebook parameter {name}={values[name]!r} is not allowed; "
+                             f"give {allowed}")
+        out[name] = v
+    if "FIG_DIR" in out:
+        out["FIG_DIR"] = str(in_repo(out["FIG_DIR"]) if out["FIG_DIR"] else _figures_dir(out))
+    if "RUNS_DIR" in out:
+        out["RUNS_DIR"] = str(in_repo(out["RUNS_DIR"]) if out["RUNS_DIR"]
+                              else runs_root(out.get("PRESET")))
+    return out
+
+
+_SETTINGS_ONLY = ("WORKERS", "FIG_DIR")  # do not change what a figure shows
+
+
+def _figures_dir(p: dict):
+    """The committed ``figures/`` receive only a registered figure with its registered
+    parameters at the committed preset from the default store; any other run of a notebook
+    (another preset, store or parameter) writes to ``build/<preset>/figures``."""
+    from .notebooks import registered_parameters
+
+    preset = p.get("PRESET", "cpu")
+    registered = registered_parameters(p["FIG_ID"], preset) if "FIG_ID" in p else {}
+    runs = in_repo(p["RUNS_DIR"]) if p.get("RUNS_DIR") else runs_root(preset)
+    default_runs = runs.resolve() == runs_root(preset).resolve()
+    same = registered is not None and default_runs and all(
+        p[k] == _convert(RULES[k][0], v) for k, v in registered.items()
+        if k in p and k not in _SETTINGS_ONLY)
+    return (output_root(preset) if same else REPO / "build" / preset) / "figures"
