@@ -33,8 +33,9 @@ from .equilibrium import equilibrium_stats
 from .files import StaleResultError, atomic_write_bytes
 from .lsr import lsr_failure_batch, predict_critical_batch, simple_noise_scale
 from .monitor import NoiseMonitor
-from .paths import data_root
+from .paths import store_root
 from .steps import Sampling
+from .store import note_result
 
 CACHE_VERSION = 1  # bump when a change alters what a run computes
 
@@ -166,7 +167,7 @@ def _paths(cfg: MonitorRun, root) -> tuple[Path, Path, dict]:
     meta = {"config": dataclasses.asdict(cfg), "cache_version": CACHE_VERSION,
             "paperlib_version": __version__}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
-    d = Path(root) if root else data_root() / "monitor"
+    d = Path(root) if root else store_root() / "monitor"
     return d / f"{key}.csv", d / f"{key}.json", meta
 
 
@@ -174,6 +175,7 @@ def _run_one(cfg: MonitorRun, root, cache: bool) -> tuple[pd.DataFrame, dict]:
     torch.set_num_threads(1)
     csv_path, json_path, meta = _paths(cfg, root)
     if cache and csv_path.exists() and json_path.exists():
+        note_result("monitor", csv_path.stem, "stored")
         return pd.read_csv(csv_path), json.loads(json_path.read_text())
     if cache and os.environ.get("PAPERLIB_NO_TRAIN", "") not in ("", "0"):
         raise StaleResultError(f"monitor run {csv_path} is missing or stale (PAPERLIB_NO_TRAIN "
@@ -184,6 +186,7 @@ def _run_one(cfg: MonitorRun, root, cache: bool) -> tuple[pd.DataFrame, dict]:
     if cache:
         atomic_write_bytes(csv_path, hist.to_csv(index=False, float_format="%.7g").encode())
         atomic_write_bytes(json_path, json.dumps(final, indent=1).encode())
+        note_result("monitor", csv_path.stem, "computed")
     return hist, final
 
 

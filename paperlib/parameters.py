@@ -16,7 +16,7 @@ import yaml
 
 from .config import SCHEDULES, validate_arch
 from .constants import DATASETS, NORMS, PRESETS, SAMPLERS
-from .paths import REPO, in_repo, output_root, runs_root
+from .paths import REPO, in_repo, output_root, runs_root, store_root
 
 _FIG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -90,6 +90,8 @@ RULES: dict[str, tuple[str, Callable, str]] = {
     "SCHEDULE": ("str", _choice_or_default(SCHEDULES),
                  f'"" for the step schedule, or one of {list(SCHEDULES)}'),
     "C2": ("float", lambda v: v > 1, "the threshold C² of Thm 5.6, a number > 1"),
+    "BASE_LR": ("float", lambda v: v >= 0, "an LR η > 0 at the smallest B, or 0 for the preset's"),
+    "MONITOR_DIR": ("str", lambda v: True, "a folder (\"\" for the store's monitor/)"),
     "WORKERS": ("int", lambda v: v >= 0, "a number of processes ≥ 1, or 0 for one per core"),
     "RUNS_DIR": ("str", lambda v: True, "a folder (\"\" for the store's runs/)"),
     "FIG_DIR": ("str", lambda v: True, "a folder (\"\" for the preset's figures/)"),
@@ -132,6 +134,9 @@ def check(values: dict) -> dict:
     if "RUNS_DIR" in out:
         out["RUNS_DIR"] = str(in_repo(out["RUNS_DIR"]) if out["RUNS_DIR"]
                               else runs_root(out.get("PRESET")))
+    if "MONITOR_DIR" in out:
+        out["MONITOR_DIR"] = str(in_repo(out["MONITOR_DIR"]) if out["MONITOR_DIR"]
+                                 else store_root(out.get("PRESET")) / "monitor")
     return out
 
 
