@@ -224,4 +224,4 @@ def test_readme_cli_commands_run_as_written(tmp_path):
         if " train " in line:
             assert r.stdout.startswith("estimated") and "complete:" in r.stdout
         else:
-            assert "predicted largest safe batch size" in r.stdout
+            assert "critical batch size B* = B·C²(1 + N/G)" in r.stdout

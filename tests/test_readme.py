@@ -30,22 +30,21 @@ def test_readme_figure_and_claims_tables_are_the_generated_ones():
     assert read_section(README, "claims", prefix="figures") == claims_markdown()
 
 
-def test_readme_own_training_loop_examples_run():
-    """Every Python block of "Use it in your own training loop" runs as written, in order, on a
-    model and DataLoader paperlib does not define, and prints what the text says it does."""
+def _run_section(prefix: str, count: int) -> str:
+    """Run the ``count`` Python blocks of the README section ``<prefix>:examples`` in order, in
+    one namespace, on one torch thread; return what they printed."""
     import io
-    import math
     from contextlib import redirect_stdout
 
     import torch
 
     from paperlib.docs import read_section
 
-    section = read_section(README, "examples", prefix="api")
-    assert section is not None, "README lost its api:examples markers"
+    section = read_section(README, "examples", prefix=prefix)
+    assert section is not None, f"README lost its {prefix}:examples markers"
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 4
-    assert "import paperlib._" not in section and "paperlib._" not in section  # public names only
+    assert len(blocks) == count
+    assert "paperlib._" not in section  # public names only
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = io.StringIO()
@@ -53,10 +52,18 @@ def test_readme_own_training_loop_examples_run():
         namespace: dict = {}
         with redirect_stdout(out):
             for i, block in enumerate(blocks):
-                exec(compile(block, f"README.md (own-loop block {i + 1})", "exec"), namespace)
+                exec(compile(block, f"README.md ({prefix} block {i + 1})", "exec"), namespace)
     finally:
         torch.set_num_threads(threads)
-    lines = out.getvalue().splitlines()
+    return out.getvalue()
+
+
+def test_readme_own_training_loop_examples_run():
+    """Every Python block of "Use it in your own training loop" runs as written, in order, on a
+    model and DataLoader paperlib does not define, and prints what the text says it does."""
+    import math
+
+    lines = _run_section("api", 4).splitlines()
     nsr = re.search(r"N/G = ([\d.]+) ± ([\d.]+); LSR fails beyond B\* ≈ (\d+)", lines[0])
     assert nsr, lines
     n_over_g, se, b_star = float(nsr[1]), float(nsr[2]), int(nsr[3])
@@ -78,30 +85,13 @@ def test_readme_monitor_examples_run(tmp_path, monkeypatch):
     from contextlib import redirect_stdout
 
     import pandas as pd
-    import torch
 
     from paperlib.__main__ import main
-    from paperlib.docs import read_section
 
     pytest.importorskip("lightning")
     pytest.importorskip("transformers")
-    section = read_section(README, "examples", prefix="monitor")
-    assert section is not None, "README lost its monitor:examples markers"
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 3
-    assert "paperlib._" not in section  # public names only
     monkeypatch.chdir(tmp_path)  # the blocks write noise-log/, noise-lightning/, hf-out/
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = io.StringIO()
-    try:
-        namespace: dict = {}
-        with redirect_stdout(out):
-            for i, block in enumerate(blocks):
-                exec(compile(block, f"README.md (monitor block {i + 1})", "exec"), namespace)
-    finally:
-        torch.set_num_threads(threads)
-    text = out.getvalue()
+    text = _run_section("monitor", 3)
     m = re.search(r"G/N = ([\d.]+) ± ([\d.]+); B\* = (\d+) ± (\d+), B_simple = (\d+); "
                   r"constant LR: True", text)
     assert m, text
