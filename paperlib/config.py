@@ -201,9 +201,16 @@ def _choice(name: str, value, allowed) -> None:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+
+
 def _number(name: str, value: float, low: float | None = None, high: float | None = None, *,
             low_open: bool = False, high_open: bool = False, what: str = "") -> None:
-    """Refuse a non-finite ``value`` or one outside [low, high] (ends open as flagged)."""
+    """Refuse a non-finite ``value``, one beyond float32 (training computes in it: 1e308 is
+    finite in Python but overflows there), or one outside [low, high] (ends open as flagged)."""
+    if math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a finite float32 number "
+                         f"(|value| ≤ {FLOAT32_MAX:.4g}): training computes in float32")
     ok = math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low

@@ -76,6 +76,13 @@ def test_every_number_must_be_finite(tmp_path, capsys, name, value):
             f"{name}=", "not allowed", "finite")
 
 
+@pytest.mark.parametrize("name", ["lr", "wd"])
+def test_numbers_beyond_float32_are_refused(tmp_path, capsys, name):
+    """`--lr 1e308` passed validation and crashed in torch's SGD with an overflow traceback."""
+    refused(capsys, tmp_path / "s", train_argv(tmp_path / "s", f"--{name}=1e308"),
+            f"{name}=1e+308", "not allowed", "finite float32")
+
+
 IGNORED = [
     (["--algo", "sgd", "--l", "4"], "l=4.0"),
     (["--schedule", "cosine", "--milestones", "10"], "milestones=(10.0,)"),
