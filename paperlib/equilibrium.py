@@ -18,7 +18,7 @@ import pandas as pd
 
 from .config import RunConfig
 from .models import is_scale_invariant
-from .nsr import NSRWindow
+from .nsr import block_summary
 
 __all__ = ["constant_lr_end", "constant_lr_phase", "constant_lr_window", "eq11_applies",
            "equilibrium_stats", "first_decay_step", "run_equilibrium_stats"]
@@ -116,16 +116,10 @@ BLOCKS = 10  # standard errors from this many contiguous block means of the wind
 
 
 def _window_errors(w: pd.DataFrame) -> dict:
-    """Standard errors of the window means of G, N, R and of N/G from the means of ``BLOCKS``
-    contiguous blocks of rows (consecutive rows are correlated: a per-row standard error would
-    be too small when rows are single steps); per row when there are fewer rows than blocks."""
-    k = min(BLOCKS, len(w))
-    acc = NSRWindow()
-    cols = [c for c in ("G", "N", "R") if c in w]
-    for block in (w.iloc[i * len(w) // k:(i + 1) * len(w) // k] for i in range(k)):
-        m = block[cols].mean()
-        acc.add(m["G"], m["N"], m["R"] if "R" in m and math.isfinite(m["R"]) else None)
-    s = acc.summary()
+    """Standard errors of the window means of G, N, R and of N/G over ``BLOCKS`` block means
+    of the rows (:func:`paperlib.nsr.block_summary`: consecutive rows are correlated)."""
+    R = [r if math.isfinite(r) else None for r in w["R"]] if "R" in w else None
+    s = block_summary(list(w["G"]), list(w["N"]), R, blocks=BLOCKS)
     return {"G_se": s["G_se"], "N_se": s["N_se"], "N_over_G_se": s["N_over_G_se"],
             "R_se": s["R_se"]}
 
@@ -152,8 +146,7 @@ def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: floa
 
     Returns:
         dict with ``G``, ``N``, ``R``, ``grad_sq``, ``N_over_G`` (means over the window's rows),
-        ``G_se``, ``N_se``, ``R_se``, ``N_over_G_se`` (over block means of the rows, see
-        ``BLOCKS``),
+        ``G_se``, ``N_se``, ``R_se``, ``N_over_G_se`` (over ``BLOCKS`` block means of the rows),
         ``eq11_lhs``, ``eq11_rhs``, ``eq11_uses_estimator``, ``eq11_rel_err``, ``R_drift``
         ((last − first R) / mean R), ``rows``, ``rows_G_N`` (rows with both G and N),
         ``window_start``, ``window_end`` (effective steps).

@@ -18,7 +18,8 @@ Where the gradient estimates come from (``source``):
   with ``step(stats=...)``.
 
 Per step the monitor reports (G, N at the optimizer step's batch size B), and over a sliding
-window their means with standard errors (:class:`paperlib.NSRWindow`), a bias-corrected EMA,
+window their means with standard errors over block means
+(:func:`paperlib.nsr.block_summary`), a bias-corrected EMA,
 N/G and G/N with error bars, Thm 5.6's B* = B·C²(1 + N/G) next to McCandlish et al.'s
 B_simple = Tr Σ₁/|∇L|², and whether the LR was constant over the window (the equilibrium
 quantities of Thm 5.6 are means in a constant-LR phase). Rows go to CSV and JSONL files (always,
@@ -39,7 +40,8 @@ from pathlib import Path
 import torch
 
 from .lsr import SQRT2, _check_c, simple_noise_scale
-from .nsr import NSRWindow, direct_nsr_from_norms
+from .models import trained_parameters
+from .nsr import block_summary, direct_nsr_from_norms
 from .steps import Sampling, StepStats, batch_coupled, warn_if_coupled_disjoint
 
 __all__ = ["LOG_COLUMNS", "SOURCES", "NoiseMonitor", "estimate_from_norms"]
@@ -228,7 +230,7 @@ class NoiseMonitor:
         self._rank, self._world = 0, 1
         if source != "step_stats":
             module = model.module if is_ddp else model
-            self.params = [p for p in module.parameters() if p.requires_grad]
+            self.params = trained_parameters(module)
             if not self.params:
                 raise ValueError("the model has no parameter with requires_grad=True")
             p0 = self.params[0]
@@ -488,20 +490,8 @@ class NoiseMonitor:
         """
         nan = float("nan")
         rows = list(self._win)
-        full = NSRWindow()
-        for g, n, _ in rows:
-            full.add(g, n)
-        s = full.summary()
-        se_from = "steps"
-        per = len(rows) // self.blocks if self.blocks else 0
-        if per >= 2:
-            bw, start = NSRWindow(), len(rows) - per * self.blocks
-            for i in range(self.blocks):
-                chunk = rows[start + i * per:start + (i + 1) * per]
-                bw.add(sum(r[0] for r in chunk) / per, sum(r[1] for r in chunk) / per)
-            bs = bw.summary()
-            s.update(G_se=bs["G_se"], N_se=bs["N_se"], N_over_G_se=bs["N_over_G_se"])
-            se_from = "blocks"
+        s = block_summary([g for g, _, _ in rows], [n for _, n, _ in rows], blocks=self.blocks)
+        se_from = "blocks" if s["se_from"] == "blocks" else "steps"
         G, N, r, r_se = s["G"], s["N"], s["N_over_G"], s["N_over_G_se"]
         B, C2 = self.batch_size, self.C ** 2
         b_star, b_simple = self._predictions(G, N)

@@ -35,6 +35,7 @@ from paperlib.constants import SAMPLERS
 
 __all__ = [
     "NSRWindow",
+    "block_summary",
     "direct_nsr",
     "direct_nsr_from_norms",
     "noise_trace",
@@ -504,3 +505,38 @@ class NSRWindow:
                 var_ratio = (var_n - 2 * ratio * cov + ratio**2 * var_g) / self._mean_g**2
                 out["N_over_G_se"] = math.sqrt(max(var_ratio, 0.0))
         return out
+
+
+def block_summary(G, N, R=None, blocks: int = 10) -> dict[str, float]:
+    """:meth:`NSRWindow.summary` of a window of per-step (or per-row) estimates, with standard
+    errors over ``blocks`` contiguous block means instead of single values: consecutive steps
+    are correlated, so per-step standard errors are too small. The blocks hold equal numbers of
+    values (the oldest remainder is left out of the errors, not of the means); with fewer than
+    2 values per block the errors are per value.
+
+    Args:
+        G, N: sequences of per-step Ĝ and N̂ (finite), equal length.
+        R: an optional sequence of |x|² of the same length.
+        blocks: number of blocks (0: per-value errors).
+
+    Returns:
+        the :meth:`NSRWindow.summary` dict (means over all values) plus ``se_from``
+        ("blocks" or "values").
+    """
+    R = [None] * len(G) if R is None else list(R)
+    full = NSRWindow()
+    for g, n, r in zip(G, N, R, strict=True):
+        full.add(g, n, r)
+    out = {**full.summary(), "se_from": "values"}
+    per = len(G) // blocks if blocks else 0
+    if per >= 2:
+        start = len(G) - per * blocks
+        bw = NSRWindow()
+        for i in range(start, len(G), per):
+            rs = R[i:i + per]
+            bw.add(sum(G[i:i + per]) / per, sum(N[i:i + per]) / per,
+                   None if any(r is None for r in rs) else sum(rs) / per)
+        b = bw.summary()
+        out.update({k: b[k] for k in ("G_se", "N_se", "R_se", "N_over_G_se")},
+                   se_from="blocks")
+    return out

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .models import trained_parameters
 from .ngd import gd_weights, ngd_weights, split_chunks
 from .nsr import online_nsr, sampler_population
 from .svag import svag_coefficients, svag_example_weights
@@ -167,7 +168,7 @@ class StepStats:
 # --- helpers ---------------------------------------------------------------------------------
 
 def _params(model: torch.nn.Module, params) -> list[torch.Tensor]:
-    out = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
+    out = trained_parameters(model) if params is None else list(params)
     if not out:
         raise ValueError("the model has no parameter with requires_grad=True to differentiate")
     return out
