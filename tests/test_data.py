@@ -1,5 +1,6 @@
-"""Tests for paperlib.data: loaders on tiny fake archives, cache, subset, resolution,
-augmentation and samplers. No network; the real CIFAR-10 test runs only with CIFAR10_PATH set."""
+"""Tests for paperlib.data: loaders on tiny fake archives, cache, subset, resolution and
+augmentation (the samplers: test_samplers.py). No network; the real CIFAR-10 test runs only with
+CIFAR10_PATH set."""
 
 import os
 import pickle
@@ -13,7 +14,8 @@ import torch
 from PIL import Image
 
 from paperlib import data, seeding
-from paperlib.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, SAMPLERS
+from paperlib.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from paperlib.data import loading
 
 MIRROR = os.environ.get("CIFAR10_PATH")  # read before the autouse fixture clears it
 N_TRAIN, N_TEST = 3, 2  # fake images per class
@@ -21,7 +23,7 @@ N_TRAIN, N_TEST = 3, 2  # fake images per class
 
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch):
-    for var in data.ENV_VARS.values():
+    for var in loading.ENV_VARS.values():
         monkeypatch.delenv(var, raising=False)
 
 
@@ -289,7 +291,7 @@ def test_cache_hit_and_identical(fakes, tmp_path, monkeypatch):
         raise AssertionError("decoded again")
 
     with monkeypatch.context() as m:
-        m.setattr(data, "_read_user_path", no_decode)
+        m.setattr(loading, "read_user_path", no_decode)
         again = data.load_dataset("cifar10", path=src, root=root, expect_counts=False)
 
     src.unlink()  # no user path: the cache alone
@@ -437,67 +439,6 @@ def test_batch_and_test_batches(synth):
     assert [len(b[0]) for b in got] == [300, 300, 300, 100]
     assert torch.equal(torch.cat([b[1] for b in got]), d.test_y)
     assert torch.equal(torch.cat([b[0] for b in got]), d.test_x)
-
-
-# ---- samplers ------------------------------------------------------------------------------
-
-
-def test_reshuffle_epoch_visits_each_once():
-    s = data.Sampler("reshuffle", n=103, batch_size=10, seed=7)
-    assert s.steps_per_epoch == 10
-    epochs = []
-    for e in range(2):
-        idx = torch.cat([s.indices(e * 10 + k) for k in range(10)])
-        assert len(set(idx.tolist())) == 100 and idx.min() >= 0 and idx.max() < 103
-        epochs.append(idx)
-    assert not torch.equal(epochs[0], epochs[1])  # a new permutation each epoch
-
-
-def test_fixed_repeats_order():
-    s = data.Sampler("fixed", n=40, batch_size=8, seed=1)
-    first = torch.cat([s.indices(k) for k in range(5)])
-    assert sorted(first.tolist()) == list(range(40)) and not torch.equal(first, torch.arange(40))
-    assert torch.equal(first, torch.cat([s.indices(5 + k) for k in range(5)]))
-    other = data.Sampler("fixed", n=40, batch_size=8, seed=2)
-    assert not torch.equal(first, torch.cat([other.indices(k) for k in range(5)]))
-
-
-def test_iid_and_replacement():
-    iid = data.Sampler("iid", n=20, batch_size=20, seed=0)
-    for step in range(5):
-        assert sorted(iid.indices(step).tolist()) == list(range(20))  # distinct in a batch
-    iid = data.Sampler("iid", n=50, batch_size=10, seed=0)
-    assert not torch.equal(iid.indices(0), iid.indices(1))
-    rep = data.Sampler("replacement", n=20, batch_size=20, seed=0)
-    draws = torch.stack([rep.indices(k) for k in range(10)])
-    assert draws.min() >= 0 and draws.max() < 20 and draws.dtype == torch.int64
-    assert any(len(set(row.tolist())) < 20 for row in draws)  # repeats happen
-
-
-@pytest.mark.parametrize("kind", SAMPLERS)
-def test_indices_pure(kind):
-    s = data.Sampler(kind, n=37, batch_size=5, seed=11)
-    steps = [0, 9, 3, 15, 7, 1]
-    forward = {k: s.indices(k) for k in sorted(steps)}
-    resumed = data.Sampler(kind, n=37, batch_size=5, seed=11)
-    for k in steps:  # other order, other instance
-        assert torch.equal(resumed.indices(k), forward[k])
-        assert torch.equal(s.indices(k), forward[k])
-    out = s.indices(4)
-    assert out.shape == (5,) and out.dtype == torch.int64 and out.device.type == "cpu"
-    out[:] = -1  # callers mutating a batch must not corrupt later draws
-    assert (s.indices(4) >= 0).all()
-
-
-def test_sampler_validation():
-    with pytest.raises(ValueError, match="kind.*reshuffle"):
-        data.Sampler("shuffle", n=10, batch_size=2)
-    with pytest.raises(ValueError, match="batch_size"):
-        data.Sampler("iid", n=10, batch_size=11)
-    with pytest.raises(ValueError, match="batch_size"):
-        data.Sampler("iid", n=10, batch_size=0)
-    with pytest.raises(ValueError, match="step"):
-        data.Sampler("iid", n=10, batch_size=2).indices(-1)
 
 
 # ---- the real data set (only with CIFAR10_PATH set) ----------------------------------------
