@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check paperlib tests scripts
+	$(BIN)/ruff check paperlib tests scripts benchmarks
 
 pytest: setup
 	$(BIN)/python -m pytest tests
@@ -68,7 +68,7 @@ figures: setup
 		$(if $(filter-out 0,$(ALLOW_LONG)),--allow-long)
 
 bench: setup
-	$(BIN)/python -m paperlib.bench
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 6: within 8 minutes on one H100 it
+# The prepared GPU check: within 8 minutes on one H100 it
 #   1. runs every notebook under notebooks/ at PRESET=smoke on CUDA (papermill; figures to
 #      $OUT/figs), each with a time limit, and
-#   2. runs `python -m paperlib.bench --profile gpu`: items 1-4 on PreResNet-32 at B = 128 and
-#      1024, and the epoch time of PreResNet-32 (GN and BN) over 50k images (target <= 3 s).
+#   2. runs `python -m benchmarks --profile gpu`: every group of rows on PreResNet-32 at B = 128
+#      and 1024, and the epoch time of PreResNet-32 (GN and BN) over 50k images (target <= 3 s).
 # Data: CIFAR10_PATH (or the decoded cache data/cifar10.pt); the synthetic stand-in otherwise.
 # Output: the table on stdout; under $OUT (a temporary folder if unset): bench-gpu.md,
 #   bench-gpu.json, notebooks/*.ipynb, figs/, notebooks.tsv. Runs go to a scratch run store
@@ -84,8 +84,8 @@ for nb in "${NOTEBOOKS[@]}"; do
     printf '%s\t%s\t%s\n' "$name" "$result" "$((SECONDS - t0))" | tee -a "$OUT_DIR/notebooks.tsv"
 done
 
-# --- 2. benchmark items 1-4 and the epoch time -------------------------------------------------
-timeout "$BENCH_TIMEOUT" "$PY" -m paperlib.bench --device "$DEVICE" --profile gpu \
+# --- 2. the benchmark and the epoch time -------------------------------------------------------
+timeout "$BENCH_TIMEOUT" "$PY" -m benchmarks --device "$DEVICE" --profile gpu \
     "${BENCH_ARGS[@]}" --out "$OUT_DIR/bench-gpu.md" --section gpu \
     --json "$OUT_DIR/bench-gpu.json" \
     --note "scripts/gpu_check.sh, notebooks: $(tail -n +2 "$OUT_DIR/notebooks.tsv" \
@@ -94,7 +94,7 @@ rc=$?
 if [ $rc -ne 0 ]; then
     STATUS=1
     echo "gpu_check: bench exited with $rc (124: over BENCH_TIMEOUT=${BENCH_TIMEOUT}s;" \
-        "the items finished so far follow)" >&2
+        "the groups finished so far follow)" >&2
     [ -f "$OUT_DIR/bench-gpu.md" ] && cat "$OUT_DIR/bench-gpu.md"
 fi
 echo "gpu_check: $(find "$SCRATCH" -mindepth 2 -maxdepth 2 -path '*/runs/*' | wc -l) runs in the" \

@@ -3,8 +3,8 @@ table"): host launch overhead against GPU work.
 
 For PreResNet-32 (GN and BN) at B = 128 and 1024 on synthetic 32×32 data it prints, as JSON:
   - the host cost of launching one trivial op (``x.add_(1)``, µs);
-  - ``train``'s loop body (``paperlib.bench.Bench.stepper``) with the online G/N estimate on (the
-    paper default) and off, ms per step;
+  - ``train``'s loop body (``benchmarks.harness.Bench.stepper``) with the online G/N estimate on
+    (the paper default) and off, ms per step;
   - the model's forward + backward alone, eager and replayed as one CUDA graph, ms: the graph
     replay is the GPU's own time, so eager − graph is host overhead;
   - the step with ``compile=True`` (torch.compile, default mode), GN at B = 128.
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from paperlib.bench import NEVER, PROFILES, Bench, synchronize  # noqa: E402
+from benchmarks.harness import NEVER, PROFILES, Bench, synchronize  # noqa: E402
 from paperlib.config import preset  # noqa: E402
 from paperlib.data import load_dataset  # noqa: E402
 

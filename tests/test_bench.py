@@ -1,8 +1,9 @@
-"""`make bench` machinery and the accelerator options of RunConfig.
+"""`make bench` machinery (``benchmarks/``) and the accelerator options of RunConfig.
 
-No timing assertions here: speed is measured by `python -m paperlib.bench` (as ratios) and
-recorded in BENCHMARKS.md. These tests only check that the quick benchmark yields every row with a
-finite value, and that channels_last / tf32 / compile / bf16 validate and run on the CPU.
+No timing assertions here: speed is measured by `python -m benchmarks` (as ratios) and recorded in
+BENCHMARKS.md. These tests only check that a tiny benchmark produces every row with a finite
+value and a verdict for every target (not how many rows each group has), and that channels_last /
+tf32 / compile / bf16 validate and run on the CPU.
 """
 
 import json
@@ -12,30 +13,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from paperlib import bench
+from benchmarks import figures, run
+from benchmarks.harness import Row, table
 from paperlib.__main__ import main as cli
 from paperlib.config import preset
+from paperlib.docs import update_section
 from paperlib.notebooks import record_timing
 from paperlib.train import train
 
-# Rows per item of the quick CPU profile: item 1 has an A/A control, a fused and a measuring row
-# per GN / unnormalized net and one BN row; item 2 the NGD/GD ratio, three memory rows and their
-# growth; item 3 two GN overheads, one BN overhead and the authors' estimator at two batch sizes.
-# Item 5 has one row per notebook in figures/timings.json plus a total (one row when absent).
-# Item 6: the NoiseMonitor with accumulation, with 2-rank DDP, and the half-batch split.
-ROWS_PER_ITEM = {"1": 8, "2": 9, "3": 5, "4": 3, "6": 3}
 
-
+@pytest.mark.slow
 def test_quick_bench_yields_every_row_with_finite_values(tmp_path):
     md, js = tmp_path / "BENCH.md", tmp_path / "bench.json"
-    assert bench.main(["--quick", "--device", "cpu", "--out", str(md), "--json", str(js)]) == 0
+    every = ",".join(run.GROUPS)  # the epoch rows too (by default only on the GPU profile)
+    argv = ["--quick", "--device", "cpu", "--only", every, "--out", str(md), "--json", str(js)]
+    assert run.main(argv) == 0  # 1 when a group raised (a FAILED row)
     result = json.loads(js.read_text())
-    rows = [bench.Row(**r) for r in result["rows"]]
-    counts = pd.Series([r.item for r in rows]).value_counts().to_dict()
-    assert counts.pop("5") >= 1
-    assert counts == ROWS_PER_ITEM
+    rows = [Row(**r) for r in result["rows"]]
+    assert {r.group for r in rows} == set(run.GROUPS)  # every group produced rows
     for r in rows:
-        if r.item != "5":  # item 5 reads figures/timings.json, which may not exist yet
+        if r.group != "figures":  # reads figures/timings.json, which may not exist yet
             assert r.value is not None and math.isfinite(r.value), r
         assert (r.ok is None) == (not r.target), r  # every target has a verdict
     assert {"date", "cpu", "cores", "torch", "device"} <= result["meta"].keys()
@@ -43,20 +40,25 @@ def test_quick_bench_yields_every_row_with_finite_values(tmp_path):
     assert text.count("<!-- bench:cpu-quick start -->") == 1
     table_lines = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table_lines) == len(rows) + 2  # header, rule, one line per row
-    bench.update_section(md, "cpu-quick", "replaced")  # the section is replaced, not appended
+    update_section(md, "cpu-quick", "replaced")  # the section is replaced, not appended
     assert md.read_text().count("bench:cpu-quick start") == 1 and "replaced" in md.read_text()
 
 
+def test_unknown_group_is_refused(capsys):
+    assert run.main(["--quick", "--device", "cpu", "--only", "svag,item3"]) == 2
+    assert "choose from" in capsys.readouterr().err
+
+
 def test_figure_timings_are_read_when_present(tmp_path):
-    missing = bench.bench_figures(tmp_path / "timings.json")
+    missing = figures.rows(tmp_path / "timings.json")
     assert len(missing) == 1 and missing[0].value is None
-    assert "not measured yet" in bench.table(missing)
+    assert "not measured yet" in table(missing)
     # written as paperlib.notebooks.execute_all writes it; a re-plot keeps the training time
     path = tmp_path / "timings.json"
     record_timing("fig1", "cpu", 600.0, computed=5, path=path)
     record_timing("fig1", "cpu", 12.5, computed=0, path=path)
     record_timing("fig4", "cpu", 30.0, computed=0, path=path)
-    rows = bench.bench_figures(path)
+    rows = figures.rows(path)
     assert [r.value for r in rows] == [600.0, 30.0, 630.0]
     assert "re-plot 12 s" in rows[0].note and "re-plot from the store" in rows[1].note
 
@@ -104,7 +106,7 @@ def test_gpu_step_breakdown_dry_run(tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(bench.__file__).resolve().parent.parent / "scripts" / "gpu_step_breakdown.py"
+    script = Path(run.__file__).resolve().parent.parent / "scripts" / "gpu_step_breakdown.py"
     out = tmp_path / "breakdown.json"
     subprocess.run([sys.executable, str(script), "--device", "cpu", "--steps", "1", "--sizes",
                     "2", "--no-compile", "--json", str(out)], check=True, capture_output=True)

@@ -1,13 +1,13 @@
-"""``make bench`` item 6: what :class:`paperlib.NoiseMonitor` costs in a training step.
+"""What :class:`paperlib.NoiseMonitor` costs in a training step of the user's own loop.
 
-Each row is a paired ratio measured in this run (``bench.interleaved``, median over repeats):
+Each row is a paired ratio measured in this run (``harness.interleaved``, median over repeats):
 
 * accumulation: a plain loop step (k micro-batch backward passes, ``optimizer.step``) with the
   monitor's parameter hooks and ``mon.step()`` / the same step without the monitor;
 * DDP: a 2-rank gloo step on the CPU with the monitor's communication hook and its scalar
   all-reduce / the same DDP step with DDP's default all-reduce (two processes, one thread each);
 * the half-batch split (``sgd_step(measure=True)``: two half passes) / ``sgd_step`` without G/N,
-  as item 3 measures it inside paperlib's loop, here on the same net as the accumulation row.
+  as the online-nsr rows measure it inside paperlib's loop, here on the accumulation row's net.
 
 Target ≤ 2 % for the two monitor rows: they only read gradients the step computes anyway.
 """
@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .models import build_model
-from .monitor import NoiseMonitor
-from .steps import Sampling, set_grad, sgd_step
+from benchmarks.harness import Row, interleaved, net_label, paired_ratio
+from paperlib import NoiseMonitor, Sampling, set_grad, sgd_step
+from paperlib.models import build_model
 
-# (arch, norm, resolution, B, k): the cpu profile's PreResNet-8 of item 3; quick: tiny.
+GROUP = "monitor"  # the rows' name in the table and in --only
+
+# (arch, norm, resolution, B, k): the cpu profile's PreResNet-8 of the online-nsr rows; quick: tiny.
 SIZES = {"cpu": ("preresnet8", "gn", 16, 128, 4), "gpu": ("preresnet32", "gn", 32, 128, 4),
          "quick": ("convnet", "gn", 8, 8, 2)}
 POPULATION = 50_000
@@ -59,8 +61,6 @@ def _ddp_worker(rank: int, world: int, init: str, out: str, size: tuple, timing:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from .bench import interleaved
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     arch, norm, r, B, _ = size
@@ -75,16 +75,14 @@ def _ddp_worker(rank: int, world: int, init: str, out: str, size: tuple, timing:
     dist.destroy_process_group()
 
 
-def bench_monitor(b) -> list:
-    """Item 6 rows for the Bench ``b`` (see the module docstring)."""
-    from .bench import Row, _net, interleaved, paired_ratio
-
+def rows(b) -> list[Row]:
+    """The monitor's rows for the Bench ``b`` (see the module docstring)."""
     p = b.profile
     key = "quick" if b.quick else p.name
     arch, norm, r, B, k = SIZES[key]
     timing = dict(warmup=p.warmup, repeats=p.repeats, steps=p.steps)
-    setting = _net(arch, norm, r, B)
-    rows = []
+    setting = net_label(arch, norm, r, B)
+    result = []
 
     base, x, y = _setup(arch, norm, r, B, b.device)
     watched, plain = copy.deepcopy(base), copy.deepcopy(base)
@@ -93,9 +91,9 @@ def bench_monitor(b) -> list:
                          "off": accumulation_stepper(plain, x, y, k)}, b.device, **timing)
     ratio, note = paired_ratio(times, "on", "off")
     mon.remove()
-    rows.append(Row("6", f"NoiseMonitor, accumulation (k={k} micro-batches): overhead",
-                    setting + f" k={k}", 100 * (ratio - 1), "%", "≤ 2 %",
-                    100 * (ratio - 1) <= 2, note + f"; {mon.measured} steps measured"))
+    result.append(Row(GROUP, f"NoiseMonitor, accumulation (k={k} micro-batches): overhead",
+                      setting + f" k={k}", 100 * (ratio - 1), "%", "≤ 2 %",
+                      100 * (ratio - 1) <= 2, note + f"; {mon.measured} steps measured"))
 
     if b.device.type == "cpu":
         import torch.multiprocessing as mp
@@ -106,12 +104,12 @@ def bench_monitor(b) -> list:
                                         (arch, norm, r, B, k), timing), nprocs=2, join=True)
             times = json.loads(out.read_text())
         ratio, note = paired_ratio(times, "on", "off")
-        rows.append(Row("6", "NoiseMonitor, 2-rank DDP (gloo, comm hook + 2-scalar all-reduce): "
-                        "overhead", setting + " (B/2 per rank)", 100 * (ratio - 1), "%", "≤ 2 %",
-                        100 * (ratio - 1) <= 2, note + "; one thread per rank"))
+        result.append(Row(GROUP, "NoiseMonitor, 2-rank DDP (gloo, comm hook + 2-scalar "
+                          "all-reduce): overhead", setting + " (B/2 per rank)", 100 * (ratio - 1),
+                          "%", "≤ 2 %", 100 * (ratio - 1) <= 2, note + "; one thread per rank"))
     else:
-        rows.append(Row("6", "NoiseMonitor, 2-rank DDP: overhead", setting, None, "%",
-                        note="CPU profile only (gloo)"))
+        result.append(Row(GROUP, "NoiseMonitor, 2-rank DDP: overhead", setting, None, "%",
+                          note="CPU profile only (gloo)"))
 
     loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
     sampling = Sampling.shuffled(POPULATION)
@@ -129,7 +127,7 @@ def bench_monitor(b) -> list:
     times = interleaved({"on": split("on", True), "off": split("off", False)}, b.device,
                         **timing)
     ratio, note = paired_ratio(times, "on", "off")
-    rows.append(Row("6", "half-batch split, sgd_step(measure=True) / sgd_step (one process, "
-                    "one micro-batch): overhead", setting, 100 * (ratio - 1), "%", "", None,
-                    note + "; as item 3, on this net"))
-    return rows
+    result.append(Row(GROUP, "half-batch split, sgd_step(measure=True) / sgd_step (one process, "
+                      "one micro-batch): overhead", setting, 100 * (ratio - 1), "%", "", None,
+                      note + "; as the online-nsr rows, on this net"))
+    return result

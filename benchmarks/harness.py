@@ -1,0 +1,266 @@
+"""The measuring machinery of ``make bench``: sizes (profiles), paired interleaved timing, the
+table's rows, and ``Bench``, which builds paperlib's training step for a config.
+
+Every number with a target is a RATIO of two measurements taken in this process on one device.
+The two sides run interleaved (A B, B A, A B, ...) so that drift on a shared machine hits both,
+warm-up steps are excluded, and the ratio is the median over repeats of the paired ratios.
+
+A step is one iteration of ``paperlib.train``'s loop body without logging: ``train.build`` and
+``train.gradient(ctx, k)`` (the run's batches through the public step functions of
+``paperlib.steps``), ``paperlib.set_grad``, the optimizer step and the loop's ``StepWindow``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from paperlib import set_grad
+from paperlib import train as T
+from paperlib.config import preset
+from paperlib.data import prepare
+from paperlib.history import StepWindow
+from paperlib.store import numerics
+
+NEVER = 10**9  # nsr_every / nsr_extra_every that never fires (step counters start at 1)
+PAPER_N = 50_000  # CIFAR-10 training set: the epoch of the online G/N and epoch rows
+
+
+# --- sizes ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    """What to measure, and how often; nets are (arch, norm, resolution, B) tuples."""
+
+    name: str
+    svag_nets: tuple[tuple[str, str, int, int], ...]  # SVAG at B vs SGD at 2B
+    nsr_nets: tuple[tuple[str, str, int, int], ...]  # SGD at B, G/N on vs off
+    direct_net: tuple[str, str, int]  # the authors' G/N estimator: (arch, norm, r)
+    direct_batches: tuple[int, ...]
+    ngd_net: tuple[str, str, int]  # NGD / GD and the max-pool route
+    ngd_n: int  # N of the NGD / GD timing
+    memory_ns: tuple[int, ...]  # N of the NGD memory measurement
+    chunk_size: int
+    pipeline_nets: tuple[tuple[str, str, int], ...]  # vs a DataLoader, at 32x32: (arch, norm, B)
+    epoch_nets: tuple[tuple[str, str, int], ...]  # epoch time at resolution 32: (arch, norm, B)
+    subset: int | None  # N of the step timings (sampler only; None: the whole training set)
+    warmup: int = 2
+    repeats: int = 7
+    steps: int = 3  # steps per timed repeat
+
+
+PROFILES = {
+    # 2 CPU cores, one torch thread: the cpu preset's net and a small PreResNet at 16×16.
+    "cpu": Profile(
+        name="cpu",
+        svag_nets=(("convnet", "gn", 8, 16), ("preresnet8", "gn", 16, 64),
+                   ("preresnet8", "none", 16, 64), ("preresnet8", "bn", 16, 64)),
+        nsr_nets=(("convnet", "gn", 8, 16), ("preresnet8", "gn", 16, 128),
+                  ("preresnet8", "bn", 16, 128)),
+        direct_net=("preresnet8", "bn", 16), direct_batches=(128, 1024),
+        ngd_net=("convnet", "gn", 8), ngd_n=5_000, memory_ns=(5_000, 10_000, 50_000),
+        chunk_size=1000, pipeline_nets=(("convnet", "gn", 128),),
+        epoch_nets=(("convnet", "gn", 128),), subset=10_000, repeats=15,
+    ),
+    # One GPU: the paper's PreResNet-32 at 32×32, B = 128 and 1024.
+    "gpu": Profile(
+        name="gpu",
+        svag_nets=tuple(("preresnet32", norm, 32, b) for b in (128, 1024)
+                        for norm in ("gn", "none", "bn")),
+        nsr_nets=tuple(("preresnet32", norm, 32, b) for b in (128, 1024) for norm in ("gn", "bn")),
+        direct_net=("preresnet32", "bn", 32), direct_batches=(128, 1024),
+        ngd_net=("preresnet32", "gn", 32), ngd_n=50_000, memory_ns=(5_000, 10_000, 50_000),
+        chunk_size=1000, pipeline_nets=(("preresnet32", "bn", 128), ("preresnet32", "bn", 1024)),
+        epoch_nets=(("preresnet32", "gn", 128), ("preresnet32", "bn", 128)), subset=None,
+        warmup=3, repeats=7, steps=5,
+    ),
+}
+
+
+def quick_profile(p: Profile) -> Profile:
+    """Seconds-long version of ``p``: same nets and rows, tiny images, batches and N."""
+    small = 8 if p.name == "cpu" else 4
+
+    def nets(entries, *extra):  # one entry per (arch, norm), at 8x8 / batch `small`
+        return tuple(dict.fromkeys((a, n, *extra) for a, n, *_ in entries))
+
+    return dataclasses.replace(
+        p,
+        svag_nets=nets(p.svag_nets, 8, small), nsr_nets=nets(p.nsr_nets, 8, small),
+        direct_net=(*p.direct_net[:2], 8), direct_batches=(small, 4 * small),
+        ngd_net=(*p.ngd_net[:2], 8), ngd_n=256, memory_ns=(128, 256, 512), chunk_size=64,
+        pipeline_nets=nets(p.pipeline_nets[:1], small), epoch_nets=nets(p.epoch_nets, small),
+        subset=256, warmup=1, repeats=2, steps=1,
+    )
+
+
+# --- results --------------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    group: str  # a key of run.GROUPS: what the row measures (svag, full-batch, ...)
+    what: str
+    setting: str
+    value: float | None  # None: not measured
+    unit: str  # "x" (ratio), "%", "MB", "samples/s", "s", "epochs"
+    target: str = ""
+    ok: bool | None = None  # None: no target
+    note: str = ""
+
+    def formatted(self) -> str:
+        v = self.value
+        if v is None:
+            return "not measured yet"
+        if self.unit == "x":
+            return f"{v:.3f}"
+        if self.unit == "%":
+            return f"{v:+.1f} %"
+        if self.unit == "samples/s":
+            return f"{v:,.0f} samples/s"
+        if self.unit == "MB":
+            return f"{v:.1f} MB"
+        if self.unit == "epochs":
+            return f"{v:.3f} epochs"
+        return f"{v:.3g} {self.unit}"
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| group | measurement | setting | value | target | holds | note |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        holds = "" if r.ok is None else ("yes" if r.ok else "**no**")
+        lines.append(f"| {r.group} | {r.what} | {r.setting} | {r.formatted()} | {r.target} | "
+                     f"{holds} | {r.note} |")
+    return "\n".join(lines)
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = numerics("cpu")["device_name"]  # the run store's record of the machine
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+        "python": platform.python_version(), "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+# --- timing ---------------------------------------------------------------------------------------
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict[str, Callable[[int], None]], device: torch.device, *, warmup: int,
+                repeats: int, steps: int) -> dict[str, list[float]]:
+    """Seconds per call of each ``fn(k)`` in every repeat; the fns alternate (A B, B A, ...).
+
+    Each fn has its own step counter k, starting at 1 and incremented per call; ``warmup`` calls
+    of each are run first and not timed.
+    """
+    k = dict.fromkeys(fns, 1)
+
+    def run(name: str, count: int) -> None:
+        for _ in range(count):
+            fns[name](k[name])
+            k[name] += 1
+        synchronize(device)
+
+    for name in fns:
+        run(name, warmup)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+            t0 = time.perf_counter()
+            run(name, steps)
+            times[name].append((time.perf_counter() - t0) / steps)
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> tuple[float, str]:
+    """Median over repeats of time(a) / time(b), and the spread as a note."""
+    ratios = sorted(x / y for x, y in zip(times[a], times[b], strict=True))
+    lo, hi = ratios[0], ratios[-1]
+    return statistics.median(ratios), f"range {lo:.3f}-{hi:.3f} over {len(ratios)} repeats"
+
+
+# --- paperlib's step for a config -----------------------------------------------------------------
+
+@dataclass
+class Bench:
+    profile: Profile
+    device: torch.device
+    raw: object  # the RawDataset every build reuses
+    workers: int
+    quick: bool
+    compile: bool = False
+    prepared: dict = dataclasses.field(default_factory=dict)  # (subset, r, data_seed) → data
+
+    @property
+    def dataset(self) -> str:
+        return self.raw.name
+
+    @property
+    def n_train(self) -> int:
+        return len(self.raw.train_y)
+
+    def config(self, **kw):
+        """A paper-preset RunConfig for measurements (no logging, no schedule, no G/N)."""
+        base = dict(dataset=self.dataset, subset=self._subset(), device=self.device.type,
+                    lr=0.1, steps=NEVER, milestones=(), augment=False, nsr_every=NEVER,
+                    nsr_extra_every=NEVER)
+        base.update(kw)
+        return preset("paper", **base)
+
+    def _subset(self) -> int | None:
+        s = self.profile.subset
+        return None if s is None or s >= self.n_train else s
+
+    def build(self, cfg) -> T.Context:
+        """``train.build`` with the data set already in memory (prepared once per subset and
+        resolution)."""
+        key = (cfg.subset, cfg.resolution, cfg.data_seed)
+        if key not in self.prepared:
+            self.prepared[key] = prepare(self.raw, subset=cfg.subset, resolution=cfg.resolution,
+                                         device=self.device, seed=cfg.data_seed)
+        return T.build(cfg, self.device, data=self.prepared[key])
+
+    def stepper(self, cfg) -> tuple[T.Context, Callable[[int], None]]:
+        """One iteration of ``train``'s loop body (logging excluded) for ``cfg``."""
+        ctx = self.build(cfg)
+        opt = torch.optim.SGD(ctx.params, lr=cfg.step_lr, momentum=cfg.momentum,
+                              weight_decay=cfg.wd)
+        window = StepWindow(self.device)
+
+        def step(k: int) -> None:
+            stats = T.gradient(ctx, k)
+            set_grad(ctx.params, stats.grad)
+            opt.step()
+            window.add(k, stats)
+
+        return ctx, step
+
+    def time_pair(self, cfgs: dict[str, object], steps: int | None = None,
+                  repeats: int | None = None, warmup: int | None = None) -> dict[str, list]:
+        fns = {name: self.stepper(cfg)[1] for name, cfg in cfgs.items()}
+        p = self.profile
+        return interleaved(fns, self.device, warmup=p.warmup if warmup is None else warmup,
+                           repeats=repeats or p.repeats, steps=steps or p.steps)
+
+
+def net_label(arch: str, norm: str, resolution: int, batch: int | None = None) -> str:
+    return f"{arch}-{norm} {resolution}x{resolution}" + (f" B={batch}" if batch else "")
