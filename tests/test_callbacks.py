@@ -12,6 +12,8 @@ import torch
 import paperlib
 from paperlib.nsr import direct_nsr
 
+from problems import tanh_mlp
+
 N_TRAIN, MICRO, K, STEPS = 64, 8, 2, 6
 B = MICRO * K
 
@@ -53,8 +55,7 @@ def test_lightning_callback_logs_g_n_b_star(tmp_path):
         def __init__(self):
             super().__init__()
             torch.manual_seed(0)
-            self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
-                                           torch.nn.Linear(16, 3))
+            self.net = tanh_mlp(6, 16, 3)
             self.seen = []
 
         def training_step(self, batch, _):
@@ -96,8 +97,7 @@ def test_huggingface_callback_logs_g_n_b_star(tmp_path):
         def __init__(self):
             super().__init__()
             torch.manual_seed(0)
-            self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
-                                           torch.nn.Linear(16, 3))
+            self.net = tanh_mlp(6, 16, 3)
             self.seen = []
 
         def forward(self, x, labels):

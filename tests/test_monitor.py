@@ -20,23 +20,12 @@ from paperlib.lsr import predict_critical_batch, simple_noise_scale
 from paperlib.monitor import NoiseMonitor, estimate_from_norms
 from paperlib.nsr import direct_nsr, direct_nsr_from_norms, noise_trace
 
+from problems import Point, point_loss, tanh_mlp
+
 ALPHA = 1e-3
 Z = 3.2905  # two-sided normal quantile at ALPHA
 
 
-class Point(torch.nn.Module):
-    """ℓ_i(w) = ½|w − a_i|²: the per-example gradient is w − a_i (a population we control)."""
-
-    def __init__(self, w: torch.Tensor):
-        super().__init__()
-        self.w = torch.nn.Parameter(w.clone())
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.w - a  # [b, d]
-
-
-def point_loss(out: torch.Tensor) -> torch.Tensor:
-    return 0.5 * out.square().sum(1).mean()
 
 
 def population(n: int, d: int = 3, seed: int = 0):
@@ -91,7 +80,7 @@ def _accumulate(model, mon, a_batches, k, scale=1.0, accumulation="mean"):
 @pytest.mark.parametrize("k", [2, 4, 8])
 def test_accumulation_equals_the_k_sample_estimator_on_the_micro_gradients(k):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    model = tanh_mlp(6, 8, 3)
     ref = copy.deepcopy(model)
     x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
     mon = NoiseMonitor(model, batch_size=32, sampling=paperlib.Sampling.shuffled(100))
@@ -181,7 +170,7 @@ def test_grad_scaler_scaling_leaves_the_estimate_unchanged_and_overflow_is_skipp
 
 def test_step_stats_source_takes_sgd_steps_estimate():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    model = tanh_mlp(6, 8, 3)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
     sampling = paperlib.Sampling.shuffled(200)
     mon = NoiseMonitor(None, batch_size=32, sampling=sampling)

@@ -9,19 +9,7 @@ import torch
 from paperlib.ngd import gd_weights, ngd_weights, split_chunks
 from paperlib.seeding import STREAM_NGD, generator
 
-DT = torch.float64
-
-
-def linreg_toy(n: int, d: int, seed: int):
-    """Per-example gradients of ½(a_iᵀx − y_i)², closed-form ∇L and Σ₁ (1/n-normalized)."""
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(n, d, generator=g, dtype=DT)
-    y = torch.randn(n, generator=g, dtype=DT)
-    x = 0.3 * torch.randn(d, generator=g, dtype=DT)
-    r = A @ x - y
-    grad = A.T @ r / n
-    sigma1 = (A.T * r.square()) @ A / n - torch.outer(grad, grad)
-    return r[:, None] * A, grad, sigma1
+from problems import DT, linear_regression
 
 
 def test_weights_sum_to_one_and_match_formula():
@@ -45,7 +33,8 @@ N_POP, D, B_NGD, S = 40, 3, 5, 20_000
 @functools.cache
 def ngd_noise(finite: bool) -> torch.Tensor:
     """S draws of ξ = Σ_i w_i ∇ℓ_i − ∇L on the toy (population 40, d = 3, B = 5): [S, d]."""
-    per_ex, grad, _ = linreg_toy(N_POP, D, seed=4)
+    toy = linear_regression(N_POP, D, seed=4)
+    per_ex, grad = toy.per_example, toy.grad
     gen = torch.Generator().manual_seed(5 + int(finite))
     W = torch.stack(
         [ngd_weights(N_POP, B_NGD, generator=gen, finite_population=finite) for _ in range(S)]
@@ -59,7 +48,7 @@ def test_noise_is_centered_with_covariance_sigma1_over_b(finite):
     within 4 SE of s²Σ₁/B (s² = 1, or (N − B)/(N − 1) with finite_population). The two targets
     differ by 10% here, which is > 8 SE, so the test can tell them apart."""
     n, B = N_POP, B_NGD
-    _, _, sigma1 = linreg_toy(N_POP, D, seed=4)
+    sigma1 = linear_regression(N_POP, D, seed=4).sigma1
     xi = ngd_noise(finite)
     assert ((xi.mean(0)) / (xi.std(0) / math.sqrt(S))).abs().max() < 4.0
     prods = xi[:, :, None] * xi[:, None, :]
@@ -74,7 +63,8 @@ def test_noise_is_centered_with_covariance_sigma1_over_b(finite):
 def test_noise_is_gaussian():
     """Each coordinate of ξ is an exact Gaussian: skewness and excess kurtosis within 4 SE of 0
     (SE sqrt(6/S) and sqrt(24/S)); per-example gradients themselves are far from Gaussian."""
-    per_ex, grad, _ = linreg_toy(N_POP, D, seed=4)
+    toy = linear_regression(N_POP, D, seed=4)
+    per_ex, grad = toy.per_example, toy.grad
     gen = torch.Generator().manual_seed(7)
     u = ngd_noise(False)
     u = (u - u.mean(0)) / u.std(0)
@@ -92,7 +82,7 @@ def test_noise_is_gaussian():
 
 def test_weighted_gradient_invariant_to_chunking():
     n, d = 103, 4
-    per_ex, _, _ = linreg_toy(n, d, seed=8)
+    per_ex = linear_regression(n, d, seed=8).per_example
     w = ngd_weights(n, 8, generator=torch.Generator().manual_seed(9))
     full = w @ per_ex
     for chunk in (1, 7, 50, 103, 1000):
@@ -115,7 +105,8 @@ def test_split_chunks():
 
 def test_gd_weights_give_mean_gradient():
     n, d = 37, 3
-    per_ex, grad, _ = linreg_toy(n, d, seed=10)
+    toy = linear_regression(n, d, seed=10)
+    per_ex, grad = toy.per_example, toy.grad
     w = gd_weights(n)
     assert w.shape == (n,) and abs(float(w.sum()) - 1.0) < 1e-12
     assert torch.allclose(w @ per_ex, grad, rtol=1e-13, atol=1e-15)

@@ -18,25 +18,13 @@ from paperlib.nsr import (
     sampler_population,
 )
 
-DT = torch.float64
+from problems import DT, TinyGNNet, linear_regression, seeded
+
 N_POP, D, B_SMALL, B_TARGET, S = 40, 3, 5, 10, 200_000
 
-
-def linreg_toy(n: int, d: int, seed: int):
-    """Per-example gradients of ½(a_iᵀx − y_i)² at a point near the minimizer (so the NSR is
-    large, as in training), with closed-form G = |∇L|² and Tr Σ₁ (1/n-normalized)."""
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(n, d, generator=g, dtype=DT)
-    y = torch.randn(n, generator=g, dtype=DT)
-    x_star = torch.linalg.lstsq(A, y).solution
-    x = x_star + 0.2 * torch.randn(d, generator=g, dtype=DT)
-    r = A @ x - y
-    grad = A.T @ r / n
-    trace1 = float(((A.square().sum(1)) * r.square()).mean() - grad.square().sum())
-    return r[:, None] * A, float(grad.square().sum()), trace1
-
-
-PER_EX, G_TRUE, TR1 = linreg_toy(N_POP, D, seed=11)
+# Near the minimizer, so the NSR is large as in training.
+_TOY = linear_regression(N_POP, D, seed=11, near_minimum=True)
+PER_EX, G_TRUE, TR1 = _TOY.per_example, _TOY.G, _TOY.trace_sigma1
 
 
 @functools.cache
@@ -176,19 +164,6 @@ def test_sampler_population():
         assert sampler_population(s, 50) == 50
 
 
-class TinyGNNet(nn.Module):
-    """conv(3→8) → GroupNorm(2, 8) → ReLU → global avg pool → linear(8→10): no batch coupling."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.norm = nn.GroupNorm(2, 8)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.norm(self.conv(x))).mean(dim=(2, 3)))
-
-
 @pytest.fixture(scope="module")
 def cnn_setup():
     # Tiny convolutions: one intra-op thread avoids oversubscription stalls (30x slower when
@@ -202,9 +177,7 @@ def cnn_setup():
 
 
 def _cnn_setup():
-    with torch.random.fork_rng():  # seeded init without touching the global RNG state
-        torch.manual_seed(0)
-        model = TinyGNNet().double()
+    model = seeded(TinyGNNet, 0).double()  # seeded init, the global RNG state untouched
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(64, 3, 8, 8, generator=gen, dtype=DT)
     y = torch.randint(10, (64,), generator=gen)

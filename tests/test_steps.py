@@ -38,6 +38,8 @@ from paperlib import (
 from paperlib.steps import batch_coupled
 from paperlib.svag import svag_coefficients
 
+from problems import seeded, tanh_mlp
+
 DT = torch.float64
 CE = nn.CrossEntropyLoss(reduction="none")
 Z_OK = 4.5
@@ -53,24 +55,16 @@ def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # --- models and exact references ------------------------------------------------------------
 
 def mlp(seed: int = 0, hidden: int = 4) -> nn.Module:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(3, hidden), nn.Tanh(), nn.Linear(hidden, 3)).double()
+    return seeded(lambda: tanh_mlp(3, hidden, 3), seed).double()
 
 
 def gn_net(seed: int = 0) -> nn.Module:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(3, 8), nn.GroupNorm(2, 8), nn.Tanh(),
-                             nn.Linear(8, 3)).double()
+    return seeded(lambda: tanh_mlp(3, 8, 3, norm="gn"), seed).double()
 
 
 def bn_net(seed: int = 0) -> nn.Module:
     """Train-mode BatchNorm: every example's loss depends on the whole batch."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(),
-                             nn.Linear(4, 3)).double().train()
+    return seeded(lambda: tanh_mlp(3, 4, 3, norm="bn"), seed).double().train()
 
 
 def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,23 +8,7 @@ import torch
 
 from paperlib.svag import svag_coefficients, svag_example_weights, svag_lr, svag_steps
 
-DT = torch.float64
-
-
-def linreg_toy(n: int, d: int, seed: int):
-    """Per-example gradients a_i = (a_iᵀx − y_i)a_i of ½(a_iᵀx − y_i)² at a fixed x, plus the
-    closed-form ∇L = Aᵀr/n, Σ₁ = AᵀD(r²)A/n − ∇L∇Lᵀ and Λ₁ = (1/n)Σ(a_i − ∇L)^{⊗3}."""
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(n, d, generator=g, dtype=DT)
-    y = torch.randn(n, generator=g, dtype=DT)
-    x = 0.3 * torch.randn(d, generator=g, dtype=DT)
-    r = A @ x - y
-    per_ex = r[:, None] * A
-    grad = A.T @ r / n
-    sigma1 = (A.T * r.square()) @ A / n - torch.outer(grad, grad)
-    c = per_ex - grad
-    lam1 = torch.einsum("ni,nj,nk->ijk", c, c, c) / n
-    return per_ex, grad, sigma1, lam1
+from problems import DT, linear_regression
 
 
 @pytest.mark.parametrize("l", [1, 1.5, 2, 8, 32])
@@ -102,7 +86,8 @@ def test_lemma_4_7_exact_by_enumeration(l):
     (i) −(η/l)∇L, (ii) (η²/l)Σ_B + (η²/l²)∇L∇Lᵀ with Σ_B = Σ₁/B, and (iii)
     −(η³/l³)[(3l − 1)/2 Λ_B + 3l·sym(∇L⊗Σ_B) + ∇L^{⊗3}] with Λ_B = Λ₁/B² (= O(l⁻²))."""
     n, d, B, eta = 5, 2, 2, 0.7
-    per_ex, grad, sigma1, lam1 = linreg_toy(n, d, seed=1)
+    toy = linear_regression(n, d, seed=1)
+    per_ex, grad, sigma1, lam1 = toy.per_example, toy.grad, toy.sigma1, toy.lambda1
     batches = torch.tensor(list(itertools.product(range(n), repeat=B)))  # [n^B, B]
     pairs = torch.cat(
         [batches.repeat_interleave(len(batches), 0), batches.repeat(len(batches), 1)], dim=1
@@ -133,7 +118,8 @@ def test_lemma_4_7_monte_carlo(l):
     every entry of the sample mean and second moment is within 4 SE of Lemma 4.7 (i)-(ii); an
     un-amplified update with the same LR (c = (1, 0)) would be > 10 SE off (power check)."""
     n, d, B, eta, S = 30, 3, 4, 0.5, 200_000
-    per_ex, grad, sigma1, _ = linreg_toy(n, d, seed=2)
+    toy = linear_regression(n, d, seed=2)
+    per_ex, grad, sigma1 = toy.per_example, toy.grad, toy.sigma1
     gen = torch.Generator().manual_seed(3)
     idx = torch.randint(n, (S, 2 * B), generator=gen)
     gathered = per_ex[idx]  # [S, 2B, d]
@@ -162,7 +148,8 @@ def test_permutation_slice_covariance_exact(l):
     distinct examples, equally likely), E Δ is unchanged and Cov Δ is exactly
     (η/l)² Σ₁ [l(N − B)/(B(N − 1)) + (l − 1)/(N − 1)], as documented in paperlib.svag."""
     n, d, B, eta = 6, 2, 2, 0.9
-    per_ex, grad, sigma1, _ = linreg_toy(n, d, seed=3)
+    toy = linear_regression(n, d, seed=3)
+    per_ex, grad, sigma1 = toy.per_example, toy.grad, toy.sigma1
     tuples = torch.tensor(list(itertools.permutations(range(n), 2 * B)))  # [360, 2B]
     w = svag_example_weights(l, B, dtype=DT)
     delta = -(eta / l) * torch.einsum("k,pkd->pd", w, per_ex[tuples])
