@@ -1,5 +1,6 @@
 # Two commands matter: `make test` (what CI runs) and `make figures` (regenerates every figure).
 # Every target installs the project first (`make setup`, idempotent). `make help` lists this.
+# `make test-fast`: lint + pytest without the tests marked slow or notebook (tests/README.md).
 #
 # Variables:
 #   CIFAR10=/path/to/cifar10-jpeg.tar.gz  offline CIFAR-10 (ImageFolder tree, .tar.gz of one, or
@@ -32,7 +33,7 @@ export PYTHONHASHSEED := 0
 
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb notebooks/appendix/*.ipynb))
 
-.PHONY: help setup test lint pytest nbval figures bench clean
+.PHONY: help setup test test-fast lint pytest nbval figures bench clean
 
 help:
 	@sed -n '/^# Two commands/,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
@@ -61,6 +62,9 @@ ifneq ($(NOTEBOOKS),)
 endif
 
 test: lint pytest nbval
+
+test-fast: lint
+	$(BIN)/python -m pytest tests -m "not slow and not notebook"
 
 figures: setup
 	$(BIN)/python -m paperlib figures --preset $(PRESET) $(if $(ONLY),--only $(ONLY)) \

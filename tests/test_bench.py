@@ -99,6 +99,7 @@ def test_channels_last_and_bf16_smoke_runs_on_cpu(norm):
     assert np.isfinite(bf.history[["train_loss", "R", "grad_sq"]].to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_gpu_step_breakdown_dry_run(tmp_path):
     """scripts/gpu_step_breakdown.py (BENCHMARKS.md's GPU breakdown) still runs against the
     bench machinery: its CPU dry run writes every measurement as a finite number."""

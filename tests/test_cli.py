@@ -215,6 +215,7 @@ def _mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask,file_mode", [(0o022, 0o644), (0o077, 0o600)])
 def test_written_files_follow_the_users_umask(tmp_path, umask, file_mode):
     """Store files and claims CSVs used to be created 0600 whatever the umask."""

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
 CIFAR = os.environ.get("CIFAR10_PATH")
 BUILD = REPO / "build" / "smoke"
-pytestmark = pytest.mark.skipif(not CIFAR, reason="needs CIFAR-10 (set CIFAR10_PATH)")
+pytestmark = [pytest.mark.notebook,  # the figures CLI executes the figure notebooks
+              pytest.mark.skipif(not CIFAR, reason="needs CIFAR-10 (set CIFAR10_PATH)")]
 
 
 def committed_files() -> dict[str, str]:

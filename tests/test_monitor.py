@@ -326,6 +326,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_equal_the_single_process_estimate_and_are_unbiased(tmp_path):
     import torch.multiprocessing as mp
 

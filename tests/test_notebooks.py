@@ -12,6 +12,8 @@ from paperlib.paths import data_root
 FIGURE_NOTEBOOKS = {"fig1", "fig3_lsr", "fig4_svag", "sampling"}  # need CIFAR-10
 HAVE_CIFAR = bool(os.environ.get("CIFAR10_PATH")) or (data_root() / "cifar10.pt").exists()
 
+pytestmark = pytest.mark.notebook
+
 
 def _fig_ids(path: Path) -> list[str]:
     """The FIG_ID parameter of a notebook (or the theory-* ids it saves)."""
