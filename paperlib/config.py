@@ -228,6 +228,18 @@ def _number(name: str, value: float, low: float | None = None, high: float | Non
                      f"finite number {rng}")
 
 
+def check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an int when it is an integer ≥ ``minimum`` (a bool is not), else ValueError
+    naming it: the integer counterpart of :func:`check_number` for settings dataclasses."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer ≥ {minimum}")
+    return int(value)
+
+
+# The validators of every settings dataclass (RunConfig here, paperlib.theory's): one copy.
+check_choice, check_number = _choice, _number
+
+
 def validate_arch(arch: str) -> None:
     m = _ARCH_RE.match(str(arch))
     depth = None
@@ -400,4 +412,4 @@ def preset(name: str, **overrides) -> RunConfig:
 
 
 __all__ = ["RunConfig", "preset", "validate", "ignored_fields", "refuse_ignored", "DATASET_SIZES",
-           "SCHEDULES"]
+           "SCHEDULES", "check_choice", "check_int", "check_number"]

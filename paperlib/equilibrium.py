@@ -21,7 +21,21 @@ from .models import is_scale_invariant
 from .nsr import block_summary
 
 __all__ = ["constant_lr_end", "constant_lr_phase", "constant_lr_window", "eq11_applies",
-           "equilibrium_stats", "first_decay_step", "run_equilibrium_stats"]
+           "eq11_sides", "eq12_sides", "equilibrium_stats", "first_decay_step",
+           "run_equilibrium_stats"]
+
+
+def eq11_sides(R, grad_sq, *, step_lr: float, wd: float):
+    """Both sides of the equilibrium norm identity (eq. 10 set to zero) at per-step LR η:
+    ((2 − ηλ)λR, η E|g|²). SGD (E|g|² = G + N): eq. (11). SVAG (per-step LR η/l, E|g|² = G + lN):
+    its exact finite-l form, whose l → ∞ limit is eq. (12) (:func:`eq12_sides`). Works
+    elementwise on arrays (one value per chain)."""
+    return (2 - step_lr * wd) * wd * R, step_lr * grad_sq
+
+
+def eq12_sides(R, N, *, eta: float, wd: float):
+    """Both sides of eq. (12), the SDE's equilibrium: (2λR̄, ηN̄), N̄ in units of Tr Σ_B."""
+    return 2 * wd * R, eta * N
 
 
 def eq11_applies(config: RunConfig) -> bool:
@@ -191,10 +205,9 @@ def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: floa
     estimated = not (math.isnan(G) or math.isnan(N))
     lhs = rhs = nan
     if eq11 and lam is not None and eta is not None:
-        lhs = (2 - eta * lam) * lam * R
         # E|g|² = G + l·N (SVAG's gradient has covariance l·Σ_B); with G, N from the online
         # estimator this checks the estimator, with the measured |g|² it checks stationarity.
-        rhs = eta * (G + l * N) if estimated else eta * gsq
+        lhs, rhs = eq11_sides(R, G + l * N if estimated else gsq, step_lr=eta, wd=lam)
     return {
         "G": G, "N": N, "R": R, "grad_sq": gsq,
         "N_over_G": N / G if estimated and G else nan,

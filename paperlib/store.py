@@ -76,6 +76,13 @@ def run_dir(config: RunConfig, root: Path | str | None = None) -> Path:
     return Path(root or runs_root()) / run_id(config)
 
 
+def training_allowed() -> bool:
+    """False when the environment sets ``PAPERLIB_NO_TRAIN`` (to anything but "" or "0"): then a
+    missing or stale result raises :class:`StaleResultError` instead of being computed
+    (notebooks under nbval check the committed results without recomputing them)."""
+    return os.environ.get("PAPERLIB_NO_TRAIN", "") in ("", "0")
+
+
 def note_result(kind: str, name: str, event: str) -> None:
     """Append ``{"kind", "name", "event": stored | computed}`` to the file named by
     ``PAPERLIB_RESULT_LOG`` (when set): how ``make figures`` counts, per figure, the results it
@@ -116,8 +123,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _write_manifest(d: Path, status: str, extra: dict) -> dict:
-    files = {name: sha256(d / name) for name in FILES if (d / name).exists()}
+def write_manifest(d: Path, status: str, extra: dict, files: tuple[str, ...] = FILES) -> dict:
+    """Write ``<d>/manifest.json`` (atomically, after every file it vouches for) with the sha256
+    of each of ``files`` present in ``d``: the store's one checksummed format, for runs and for
+    :mod:`paperlib.theory`'s results (``files`` names theirs)."""
+    files = {name: sha256(d / name) for name in files if (d / name).exists()}
     ckpt = d / "checkpoint.pt"
     manifest = {
         "status": status,
@@ -214,7 +224,7 @@ def run(
         return cached
     d = run_dir(config, root)
     if allow_train is None:
-        allow_train = os.environ.get("PAPERLIB_NO_TRAIN", "") in ("", "0")
+        allow_train = training_allowed()
     if not allow_train:
         raise StaleResultError(
             f"result {d} is missing or stale ({diagnose(config, root)}) for run "
@@ -247,7 +257,7 @@ def run(
         torch.save({**state, "wall_s": wall_before + time.time() - t0}, buf)
         atomic_write_bytes(d / "checkpoint.pt", buf.getvalue())
         atomic_write_bytes(d / "history.csv", history_to_csv(pd.DataFrame(state["history"])))
-        _write_manifest(d, "partial", {"step": state["step"], "numerics": numerics(device)})
+        write_manifest(d, "partial", {"step": state["step"], "numerics": numerics(device)})
 
     device = str(_resolve_device(config))
     result = train(config, resume=resume, progress=progress, step_callback=step_callback,
@@ -263,7 +273,7 @@ def run(
     before = (previous or {}).get("numerics")
     if before and before != extra["numerics"]:
         extra["numerics_before_resume"] = before  # the first part ran elsewhere
-    manifest = _write_manifest(d, result.status, extra)
+    manifest = write_manifest(d, result.status, extra)
     return RunResult(config, read_history(d / "history.csv"), result.status,
                      result.diverged_step, d, manifest)
 

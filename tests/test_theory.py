@@ -1,9 +1,11 @@
 """paperlib.theory: the closed forms used as references, against Monte Carlo at small scale; the
-tail-index estimator on known samples; Lemma 4.7 by enumeration; the result cache; validation.
+tail-index estimator on known samples; Lemma 4.7 by enumeration; the checksummed result store;
+the claims (intervals, verdicts); validation.
 
 Statistical checks are seeded and use |z| < 4 (two-sided α ≈ 6e-5 per check)."""
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -13,6 +15,8 @@ import torch
 from scipy import stats
 
 from paperlib import theory
+from paperlib.claims import VERDICTS
+from paperlib.equilibrium import eq11_sides
 from paperlib.files import StaleResultError
 
 Z = 4.0
@@ -105,7 +109,7 @@ def test_ou_svag_converges_to_sde_cumulants_and_sde_matches_euler_maruyama():
         assert np.allclose(far[k], sde[k], rtol=1e-3, atol=1e-4)  # O(1/l) apart
 
     # torchsde Euler–Maruyama (with theory.SequentialBrownian) vs the OU closed form
-    torchsde = theory._register_brownian()
+    torchsde = theory.register_brownian()
     a = torch.tensor(model.a, dtype=torch.float64)
     L = torch.linalg.cholesky(torch.tensor(eta * theory.ou_noise_cumulant(model, 2)))
 
@@ -192,8 +196,19 @@ def test_equilibrium_run_pathwise_norm_identity(l):
     assert r["G"] > 0 and r["N"] > 0 and r["G_exact"] > 0 and r["N_exact"] > 0
 
 
+def test_equilibrium_chains_give_the_means_and_standard_errors():
+    s = theory.EquilibriumSettings(chains=4, burn_in=0.5, window=0.5, n=32)
+    r = theory.equilibrium_run(s, 4, 1)
+    for k in ("R", "G", "N", "grad_sq"):
+        assert r["chains"][k].shape == (4,)
+        assert r["chains"][k].mean() == pytest.approx(r[k], rel=1e-12)
+    S = dataclasses.replace(theory.settings("smoke"), equilibrium=s)
+    df = theory.equilibrium(S)
+    assert (df[["R_se", "G_se", "N_se", "lhs_se", "rhs_se", "gap_se"]] > 0).all().all()
+
+
 def test_norm_identity_and_thm52_table():
-    lhs, rhs = theory.norm_identity(2.0, 3.0, eta=0.5, wd=0.1)
+    lhs, rhs = eq11_sides(2.0, 3.0, step_lr=0.5, wd=0.1)
     assert lhs == pytest.approx((2 - 0.05) * 0.1 * 2.0) and rhs == pytest.approx(1.5)
     df = pd.DataFrame([dict(algorithm="sgd", B=4, eta=0.5, wd=0.1, R=2.0, G=1.0, N=1.0),
                        dict(algorithm="svag", B=4, eta=0.5, wd=0.1, R=1.0, G=1.0, N=1.0)])
@@ -212,7 +227,7 @@ def test_lsr_pairs_share_the_exact_third_cumulant():
         x = theory.lsr_samples(s, kappa=kappa, l=l, seed=kappa + l)
         assert x.mean() == pytest.approx(-s.drift * s.T, abs=Z * x.std() / math.sqrt(len(x)))
         assert x.var() == pytest.approx(s.T * s.eta / s.batch_size, rel=0.03)
-        se = theory._k3_se(x)
+        se = theory.k3_se(x)
         assert abs(stats.kstat(x, 3) - theory.lsr_exact_k3(s, l)) < Z * se
     assert theory.lsr_exact_k3(s, 1) == pytest.approx(-2 * s.T * (s.eta / s.batch_size) ** 2)
 
@@ -249,23 +264,51 @@ def test_tail_index_rejects_bad_input(bad):
 # ----------------------------------------------------------------------------- cache, settings
 
 
-def test_cache_roundtrip_and_no_train(tmp_path, monkeypatch):
+def test_store_roundtrip_checksums_and_no_train(tmp_path, monkeypatch):
     monkeypatch.setenv("PAPERLIB_STORE", str(tmp_path))
+    log = tmp_path / "results.jsonl"
+    monkeypatch.setenv("PAPERLIB_RESULT_LOG", str(log))
     S = theory.TheorySettings("cpu", cache=True,
                               lemma=theory.LemmaSettings(n=3, batch_sizes=(1,), l_values=(2,)))
     monkeypatch.setenv("PAPERLIB_NO_TRAIN", "1")
-    with pytest.raises(StaleResultError, match="lemma47-cpu"):
+    with pytest.raises(StaleResultError, match="lemma47-cpu.*not stored"):
         theory.lemma47(S)
     monkeypatch.delenv("PAPERLIB_NO_TRAIN")
     fresh = theory.lemma47(S)
-    files = sorted(p.name for p in (tmp_path / "theory").iterdir())
-    assert len(files) == 2 and files[0].endswith(".csv") and files[1].endswith(".json")
+    (d,) = (tmp_path / "theory").iterdir()
+    assert d.name.startswith("lemma47-cpu-") and d == theory.result_dir("lemma47", S, "lemma")[0]
+    assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "result.csv", "settings.json"]
     monkeypatch.setenv("PAPERLIB_NO_TRAIN", "1")
     pd.testing.assert_frame_equal(theory.lemma47(S), fresh)
-    # other settings, other key: stale under NO_TRAIN
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert events == ["computed", "stored"]
+    # a truncated result does not match its checksum: stale under NO_TRAIN, recomputed without
+    csv = d / "result.csv"
+    csv.write_bytes(csv.read_bytes()[:-20])
+    with pytest.raises(StaleResultError, match="checksum"):
+        theory.lemma47(S)
+    monkeypatch.delenv("PAPERLIB_NO_TRAIN")
+    pd.testing.assert_frame_equal(theory.lemma47(S), fresh)
+    assert json.loads(log.read_text().splitlines()[-1])["event"] == "computed"
+    # other settings, other key: stale under NO_TRAIN; computing it replaces the old result
     S2 = dataclasses.replace(S, lemma=dataclasses.replace(S.lemma, l_values=(3,)))
+    monkeypatch.setenv("PAPERLIB_NO_TRAIN", "1")
     with pytest.raises(StaleResultError):
         theory.lemma47(S2)
+    monkeypatch.delenv("PAPERLIB_NO_TRAIN")
+    theory.lemma47(S2)
+    assert [p.name for p in (tmp_path / "theory").iterdir()] == \
+        [theory.result_dir("lemma47", S2, "lemma")[0].name]
+
+
+def test_committed_results_are_intact():
+    """Every committed theory result is vouched for by its manifest (else nbval recomputes
+    nothing and the notebooks fail with StaleResultError)."""
+    from paperlib.paths import REPO
+    from paperlib.theory.cache import load
+
+    dirs = sorted((REPO / "data" / "theory").iterdir())
+    assert len(dirs) == 6 and all(p.is_dir() and load(p) is not None for p in dirs)
 
 
 def test_smoke_never_touches_the_cache(tmp_path, monkeypatch):
@@ -284,12 +327,12 @@ def test_presets_build(preset):
 @pytest.mark.parametrize(
     "make, match",
     [(lambda: theory.settings("laptop"), "preset"),
-     (lambda: theory.LemmaSettings(n=1), "n must be"),
+     (lambda: theory.LemmaSettings(n=1), "n=1"),
      (lambda: theory.LemmaSettings(n=10, batch_sizes=(4,)), "enumerate"),
      (lambda: theory.LemmaSettings(l_values=(0,)), "l_values"),
      (lambda: theory.OUSettings(T=1.1), "integer"),
      (lambda: theory.OUSettings(fit_min_l=512), "fit_min_l"),
-     (lambda: theory.DoubleWellSettings(p=1.5), "p must"),
+     (lambda: theory.DoubleWellSettings(p=1.5), "p=1.5"),
      (lambda: theory.EquilibriumSettings(batch_sizes=(3,)), "even"),
      (lambda: theory.EquilibriumSettings(eta=-1.0), "eta"),
      (lambda: theory.EquilibriumSettings(eta=2.0, wd=1.0), "eta \\* wd"),
@@ -308,3 +351,39 @@ def test_presets_build(preset):
 def test_validation_errors_name_the_bad_value(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+def test_claims_at_smoke_carry_intervals_and_verdicts():
+    S = theory.settings("smoke")
+    claims = [*theory.sde_claims(S, lemma=theory.lemma47(S), ou=theory.weak_error_ou(S),
+                                 lsr=theory.lsr_vs_sde(S)),
+              *theory.noise_claims(S, eq=theory.equilibrium(S),
+                                   tails=theory.tail_index_experiment(S))]
+    assert len(claims) == 18
+    for c in claims:
+        assert c.verdict in VERDICTS and c.interval.how
+        assert c.interval.low <= c.measured <= c.interval.high or math.isnan(c.measured)
+    by = {c.claim: c for c in claims}
+    lemma = [c for c in claims if c.claim.startswith("Lemma 4.7")]
+    assert all(c.interval.low == c.interval.high == c.measured for c in lemma)  # exact
+    assert [c.verdict for c in lemma] == ["PASS", "PASS", "PASS", "FAIL"]  # printed (iii) fails
+    ou = [c for c in claims if c.claim.startswith("Thm 4.3")]
+    assert len(ou) == 2 and all(c.interval.low == c.interval.high for c in ou)  # exact
+    z = by["App. B.1: LSR pairs vs κ = 1, largest |Δκ3| / SE"]
+    assert z.interval.high - z.interval.low > 2  # a z statistic has unit noise
+    for c in claims:
+        if c.claim.startswith(("Eq. (1", "Thm 5.2", "R∞/R̄∞", "App. B.3")):
+            assert c.interval.low < c.interval.high  # Monte Carlo: a real interval
+
+
+def test_claims_thresholds_are_named_constants():
+    from paperlib.theory import equilibrium_norms, lsr_sde, moments, tails, weak_ou
+
+    assert moments.MAX_REL_ERR == 1e-6 and weak_ou.SLOPE_TOL == 0.15
+    assert (lsr_sde.SAME_KS_P, lsr_sde.SAME_K3_Z, lsr_sde.SDE_KS_P, lsr_sde.SDE_K3_Z) == \
+        (1e-3, 4.0, 1e-6, 10.0)
+    assert equilibrium_norms.MAX_REL_GAP == 0.05 and equilibrium_norms.MIN_C_MARGIN == 0.0
+    assert tails.GAUSSIAN_TOL == 0.1 and tails.HEAVY_BELOW == 1.8
