@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--allow-long", action="store_true", help=allow_help)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     for f in dataclasses.fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
-        t.add_argument(flag, dest=f.name, type=_parser_for(*_field_kinds()[f.name]),
+        flags = ["--" + f.name.replace("_", "-")]
+        if f.name == "l":  # torchrun's parser reads `--l` as a prefix of its own options
+            flags.append("--svag-l")
+        t.add_argument(*flags, dest=f.name, type=_parser_for(*_field_kinds()[f.name]),
                        default=argparse.SUPPRESS, help=_field_help(f.name))  # absent: unset
 
     q = sub.add_parser("predict-lsr", help="Thm 5.6: the batch size beyond which the LSR fails",
@@ -160,10 +162,18 @@ def _use_store(store: Path | None) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from .distributed import process_group
+
+    with process_group():  # under torchrun: one run on K ranks (paperlib.distributed)
+        return _train(a)
+
+
+def _train(a: argparse.Namespace) -> int:
     import torch
 
     from .checks import check_trainable
     from .config import refuse_ignored
+    from .distributed import is_writer
     from .paths import runs_root
     from .plan import check_budget, device_of, duration, estimate_seconds
     from .store import diagnose, load_result, run
@@ -174,7 +184,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     refuse_ignored(config, given=set(overrides))
     check_trainable(config)
     root = a.store / "runs" if a.store else runs_root(a.preset)
-    if load_result(config, root) is None:
+    writer = is_writer()  # rank 0 (or the only process) plans, reports and writes
+    if writer and load_result(config, root) is None:
         reason = diagnose(config, root)
         if reason != "not stored":
             print(f"recomputing: {reason}")
@@ -182,7 +193,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"estimated {duration(seconds)} on this machine ({device_of(config)}, "
               f"{torch.get_num_threads()} thread(s))", flush=True)
         check_budget(seconds, "this run", a.allow_long or None)
-    result = run(config, root, progress=not a.quiet)
+    result = run(config, root, progress=writer and not a.quiet)
+    if not writer:
+        return 0
     final = result.final
     print(f"{result.status}: {result.path}")
     print(f"final test acc {final['test_acc']:.2f}%  train loss {final['train_loss']:.4f}  "
