@@ -16,6 +16,17 @@
 #                                          default store, else build/<preset>/)
 #   ALLOW_LONG=1                           make figures: go ahead when the estimated training
 #                                          time on this machine exceeds 3 h
+#   EXECUTOR=slurm                         make figures: where missing runs train: pool (default,
+#                                          local worker processes) | local (submitit's local
+#                                          executor; waits) | slurm (one job array; returns at
+#                                          once with exit status 3 and the pending runs; run
+#                                          make figures again to plot when the jobs are done)
+#   PARTITION=gpu                          EXECUTOR=slurm: partition (default: the cluster's)
+#   GPUS_PER_JOB=1                         GPUs per job (slurm: one per rank; local: 1 with CUDA)
+#   TIME_LIMIT=24:00:00                    per job (minutes or H:MM:SS; default 1440 min); a
+#                                          longer run is requeued from its checkpoint
+#   ARRAY_PARALLELISM=64                   jobs at once (slurm: 64; local: one per core)
+#   NPROC_PER_RUN=1                        DDP ranks per run (one GPU each on Slurm)
 #   PYTHON=python3                         interpreter used to create .venv
 
 PYTHON ?= python3
@@ -24,6 +35,12 @@ CIFAR10 ?= $(CIFAR10_PATH)
 STORE ?=
 OUT ?=
 ALLOW_LONG ?=
+EXECUTOR ?=
+PARTITION ?=
+GPUS_PER_JOB ?=
+TIME_LIMIT ?=
+ARRAY_PARALLELISM ?=
+NPROC_PER_RUN ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -69,7 +86,12 @@ test-fast: lint
 figures: setup
 	$(BIN)/python -m paperlib figures --preset $(PRESET) $(if $(ONLY),--only $(ONLY)) \
 		$(if $(STORE),--store $(STORE)) $(if $(OUT),--out $(OUT)) \
-		$(if $(filter-out 0,$(ALLOW_LONG)),--allow-long)
+		$(if $(filter-out 0,$(ALLOW_LONG)),--allow-long) \
+		$(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(PARTITION),--partition $(PARTITION)) \
+		$(if $(GPUS_PER_JOB),--gpus-per-job $(GPUS_PER_JOB)) \
+		$(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT)) \
+		$(if $(ARRAY_PARALLELISM),--array-parallelism $(ARRAY_PARALLELISM)) \
+		$(if $(NPROC_PER_RUN),--nproc-per-run $(NPROC_PER_RUN))
 
 bench: setup
 	$(BIN)/python -m benchmarks

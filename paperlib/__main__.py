@@ -19,6 +19,7 @@ from .constants import PRESETS
 
 REFUSALS = ("ValueError", "DatasetFormatError", "DatasetNotFoundError", "FileNotFoundError",
             "TooLongError", "StaleResultError")  # exit 2: nothing was done
+PENDING = 3  # exit status of `figures` when runs are still in cluster jobs (not an error)
 
 
 def _parse_bool(s: str) -> bool:
@@ -92,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--allow-long", action="store_true", help=allow_help)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     for f in dataclasses.fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
-        t.add_argument(flag, dest=f.name, type=_parser_for(*_field_kinds()[f.name]),
+        flags = ["--" + f.name.replace("_", "-")]
+        if f.name == "l":  # torchrun's parser reads `--l` as a prefix of its own options
+            flags.append("--svag-l")
+        t.add_argument(*flags, dest=f.name, type=_parser_for(*_field_kinds()[f.name]),
                        default=argparse.SUPPRESS, help=_field_help(f.name))  # absent: unset
 
     q = sub.add_parser("predict-lsr", help="Thm 5.6: the batch size beyond which the LSR fails",
@@ -130,6 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     fgs.add_argument("--out", type=_path, default=None,
                      help="write figures/ and notebooks/ here instead (default: see above)")
     fgs.add_argument("--allow-long", action="store_true", help=allow_help)
+    c = fgs.add_argument_group(
+        "cluster", "train missing runs as submitit jobs (see README, 'On a cluster'); the "
+                   "notebooks' kernels get these through PAPERLIB_EXECUTOR and friends")
+    c.add_argument("--executor", default=None,
+                   help="pool (default: local worker processes) | local (submitit's local "
+                        "executor, waits) | slurm (one job array; returns, and the next run "
+                        "plots once the jobs are done)")
+    c.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
+    c.add_argument("--gpus-per-job", type=_parser_for(int, False), default=None,
+                   help="GPUs per job (slurm: 1 per rank; local: 1 with CUDA, else 0)")
+    c.add_argument("--time-limit", default=None,
+                   help="per job: minutes, H:MM:SS or D-H:MM:SS (default 1440); a run that "
+                        "needs longer is requeued and resumes from its checkpoint")
+    c.add_argument("--array-parallelism", type=_parser_for(int, False), default=None,
+                   help="jobs running at once (slurm: 64; local: one per core)")
+    c.add_argument("--nproc-per-run", type=_parser_for(int, False), default=None,
+                   help="DDP processes (ranks, one GPU each on Slurm) per run (default 1)")
+    c.add_argument("--slurm-extra", default=None,
+                   help='further sbatch options as JSON, e.g. \'{"account": "abc"}\'')
     return p
 
 
@@ -140,10 +162,18 @@ def _use_store(store: Path | None) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from .distributed import process_group
+
+    with process_group():  # under torchrun: one run on K ranks (paperlib.distributed)
+        return _train(a)
+
+
+def _train(a: argparse.Namespace) -> int:
     import torch
 
     from .checks import check_trainable
     from .config import refuse_ignored
+    from .distributed import is_writer
     from .paths import runs_root
     from .plan import check_budget, device_of, duration, estimate_seconds
     from .store import diagnose, load_result, run
@@ -154,7 +184,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     refuse_ignored(config, given=set(overrides))
     check_trainable(config)
     root = a.store / "runs" if a.store else runs_root(a.preset)
-    if load_result(config, root) is None:
+    writer = is_writer()  # rank 0 (or the only process) plans, reports and writes
+    if writer and load_result(config, root) is None:
         reason = diagnose(config, root)
         if reason != "not stored":
             print(f"recomputing: {reason}")
@@ -162,7 +193,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"estimated {duration(seconds)} on this machine ({device_of(config)}, "
               f"{torch.get_num_threads()} thread(s))", flush=True)
         check_budget(seconds, "this run", a.allow_long or None)
-    result = run(config, root, progress=not a.quiet)
+    result = run(config, root, progress=writer and not a.quiet)
+    if not writer:
+        return 0
     final = result.final
     print(f"{result.status}: {result.path}")
     print(f"final test acc {final['test_acc']:.2f}%  train loss {final['train_loss']:.4f}  "
@@ -190,11 +223,31 @@ def cmd_predict_lsr(a: argparse.Namespace) -> int:
     return 0
 
 
+def _use_executor(a: argparse.Namespace) -> None:
+    """Check the cluster flags (before anything runs) and hand them to the notebook kernels
+    through the environment (``cluster.ENV``), as ``--store`` is."""
+    from .cluster import ENV, from_env
+
+    flags = {"executor": a.executor, "partition": a.partition, "gpus_per_job": a.gpus_per_job,
+             "time_limit": a.time_limit, "array_parallelism": a.array_parallelism,
+             "nproc_per_run": a.nproc_per_run, "slurm_extra": a.slurm_extra}
+    env = dict(os.environ)
+    for name, value in flags.items():
+        if value is not None and value != "":
+            env[ENV[name]] = str(value)
+    options = from_env(env)  # raises ValueError naming a bad value
+    for var in ENV.values():
+        os.environ.pop(var, None)
+    if options is not None:
+        os.environ.update(options.to_env())
+
+
 def cmd_figures(a: argparse.Namespace) -> int:
     from papermill.exceptions import PapermillExecutionError
 
-    from .notebooks import execute_all
+    from .notebooks import FiguresPendingError, execute_all
 
+    _use_executor(a)
     _use_store(a.store)
     if a.allow_long:
         os.environ["PAPERLIB_ALLOW_LONG"] = "1"
@@ -209,6 +262,12 @@ def cmd_figures(a: argparse.Namespace) -> int:
     except PapermillExecutionError as e:
         print(f"error: {e.ename}: {e.evalue}", file=sys.stderr)
         return 2 if e.ename in REFUSALS else 1
+    except FiguresPendingError as e:
+        for fig_id, message in e.pending.items():
+            print(f"pending: {fig_id}: {message}", file=sys.stderr)
+        print(f"{e}; nothing is wrong: run the same command again to plot them once the jobs "
+              "have finished", file=sys.stderr)
+        return PENDING
     return 0
 
 

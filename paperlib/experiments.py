@@ -24,6 +24,8 @@ import pandas as pd
 
 from .checks import check_data, check_trainable
 from .claims import Claim, check
+from .cluster import ClusterOptions, forget_finished, train_runs
+from .cluster import from_env as executor_from_env
 from .config import RunConfig, preset, refuse_ignored
 from .constants import PRESETS
 from .equilibrium import constant_lr_window, eq11_applies, run_equilibrium_stats
@@ -81,7 +83,11 @@ def _train_all(todo: list[RunConfig], root, workers: int | None, executor: Execu
     workers = workers or os.cpu_count() or 1
     jobs = [(i, c, root) for i, c in enumerate(todo)]
     with _sigterm_as_interrupt():
-        if executor is not None:  # e.g. Slurm through submitit: the device is elsewhere
+        if isinstance(executor, ClusterOptions):  # submitit: local jobs, or a Slurm job array
+            print("wall time: not estimated (submitit executor)", flush=True)
+            _report(todo, train_runs(todo, root, executor), None, 1)
+            return
+        if executor is not None:  # any concurrent.futures.Executor
             print("wall time: not estimated (external executor)", flush=True)
             futures = [executor.submit(_run_one, job) for job in jobs]
             try:
@@ -158,15 +164,21 @@ def run_all(
     Args:
         workers: processes with one torch thread each (default: one per core; on 2 cores this
             measured 1.3× the throughput of one 2-thread process).
-        executor: any ``concurrent.futures.Executor`` (e.g. a submitit executor for Slurm);
-            replaces the default process pool.
+        executor: a ``cluster.ClusterOptions`` (submitit: local jobs, or a Slurm job array
+            that returns at once with ``cluster.RunsPendingError``), or any
+            ``concurrent.futures.Executor``; replaces the default process pool. None: the
+            environment's ``PAPERLIB_EXECUTOR`` (``cluster.from_env``), else the pool.
         allow_long: go ahead when the estimate exceeds ``plan.LONG_HOURS`` (None: the
             environment variable ``PAPERLIB_ALLOW_LONG`` decides).
     Raises:
         StaleResultError: when training is not allowed (PAPERLIB_NO_TRAIN=1) and runs are missing.
+        cluster.RunsPendingError: runs are in Slurm jobs that have not finished (after
+            submitting the missing ones); nothing to plot yet.
         plan.TooLongError: the estimate exceeds the limit and going ahead was not allowed.
         ValueError: a run cannot train (nothing was started).
     """
+    if executor is None:
+        executor = executor_from_env()  # make figures EXECUTOR=... reaches the kernel so
     unique = list(dict.fromkeys(configs))
     todo = [c for c in unique if load_result(c, root) is None]
     reasons = {c: diagnose(c, root) for c in todo}
@@ -193,6 +205,8 @@ def run_all(
         todo.sort(key=cost, reverse=True)  # longest first: better packing on few workers
         _train_all(todo, root, workers, executor, allow_long)
     results = [load_result(c, root) for c in unique]
+    if isinstance(executor, ClusterOptions):
+        forget_finished(unique, root)  # their jobs' records
     by_config = dict(zip(unique, results, strict=True))
     return [by_config[c] for c in configs]
 

@@ -265,6 +265,10 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None,
     Args:
         out: write ``figures/`` and ``notebooks/`` under this folder (default: the repository
             for the committed outputs, else ``build/<preset>/``).
+
+    Raises:
+        FiguresPendingError: after every figure was tried, when some had runs in cluster
+            jobs still queued or running (those notebooks were not replaced).
     """
     from .constants import PRESETS
 
@@ -280,22 +284,44 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None,
           f"results store {store_root(preset)}", flush=True)
     for f in skipped:
         print(f"  skipped {f.id} ({f.note})")
-    times = {}
+    from papermill.exceptions import PapermillExecutionError
+
+    times, pending = {}, {}
     for f in figures:
         params = f.parameters(preset)
         if not committed:
             params["FIG_DIR"] = str(root / "figures")
         print(f"\n=== {f.id}: {f.paper} ===", flush=True)
         t0 = time.time()
-        stored, computed = execute(f.notebook, f.output_under(root), params)
+        try:
+            stored, computed = execute(f.notebook, f.output_under(root), params)
+        except PapermillExecutionError as e:
+            if e.ename != "RunsPendingError":  # cluster.RunsPendingError: submitted, not done
+                raise
+            pending[f.id] = e.evalue
+            print(f"=== {f.id}: runs pending in cluster jobs; not plotted ===", flush=True)
+            continue
         times[f.id] = time.time() - t0
         print(f"=== {f.id}: {times[f.id]:.0f} s; {len(computed)} result(s) computed, "
               f"{len(stored)} loaded from the store ===", flush=True)
         record_timing(f.id, preset, times[f.id], len(computed), len(stored),
                       path=root / "figures" / "timings.json")
-    if committed:
+    if committed and not pending:
         sync_readme()
+    if pending:
+        raise FiguresPendingError(pending)
     return times
+
+
+class FiguresPendingError(Exception):
+    """Some figures were not plotted: their runs are in cluster jobs that have not finished
+    (``make figures EXECUTOR=slurm``). ``pending``: figure id -> the sweep's message (the
+    runs and job ids)."""
+
+    def __init__(self, pending: dict[str, str]):
+        self.pending = pending
+        super().__init__(f"{len(pending)} figure(s) wait for cluster jobs: "
+                         f"{', '.join(pending)}")
 
 
 def execute(notebook: str, target: Path, parameters: dict) -> tuple[set, set]:

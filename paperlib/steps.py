@@ -440,24 +440,50 @@ def _chunks(data, n: int | None, chunk_size: int):
     return n, iter(data)
 
 
-def _full_data_step(model, loss_fn, data, w_fn, n, chunk_size, params, forward, what):
+def _shard_slices(n: int, chunk_size: int, shard) -> list[slice]:
+    """The chunks of ``split_chunks(n, chunk_size)`` that rank ``shard[0]`` of ``shard[1]``
+    differentiates (chunk j on rank j mod K)."""
+    rank, world = shard
+    if not (isinstance(world, int) and isinstance(rank, int) and world >= 1
+            and 0 <= rank < world):
+        raise ValueError(f"shard={shard!r} is not allowed; give (rank, world) with "
+                         "0 <= rank < world")
+    return [s for j, s in enumerate(split_chunks(n, chunk_size)) if j % world == rank]
+
+
+def _full_data_step(model, loss_fn, data, w_fn, n, chunk_size, params, forward, what,
+                    shard=None):
     if batch_coupled(model):
         raise ValueError(f"{what} needs per-example losses that do not depend on the batch; the "
                          "net has train-mode BatchNorm (use GroupNorm or no normalization, or "
                          "put BatchNorm in eval mode)")
     params = _params(model, params)
+    if shard is not None and isinstance(data, tuple) and len(data) == 2:  # tensors: my chunks
+        x_all, y_all = data
+        n = _check_batch(x_all, y_all, what) if n is None else n
+        data = [(x_all[s], y_all[s]) for s in _shard_slices(n, chunk_size, shard)]
+    if shard is not None and n is None:
+        raise ValueError(f"{what} with shard= needs n (the number of training examples)")
     n, chunks = _chunks(data, n, chunk_size)
     device = params[0].device
     dtype = params[0].dtype if params[0].is_floating_point() else torch.float32
-    w = w_fn(n, dtype, device)
+    w = w_fn(n, dtype, device)  # all n weights, drawn once: identical on every rank
+    # Where each chunk's examples sit among the n: consecutive, or this rank's chunks.
+    slices = iter(_shard_slices(n, chunk_size, shard)) if shard is not None else None
     total = None
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     classify = True
-    offset = 0
+    offset = count = 0
     for x, y in chunks:
         b = _check_batch(x, y, what)
-        if offset + b > n:
+        if slices is not None:
+            s = next(slices, None)
+            if s is None or s.stop - s.start != b:
+                raise ValueError(f"{what}: with shard={shard!r} the data must yield this rank's "
+                                 f"chunks of split_chunks(n={n}, chunk_size={chunk_size})")
+            offset = s.start
+        elif offset + b > n:
             raise ValueError(f"{what}: the data yielded more than n={n} examples")
         losses, cr = _losses(model, loss_fn, x, y, forward)
         grads = _grad((w[offset:offset + b] * losses).sum(), params)
@@ -468,6 +494,14 @@ def _full_data_step(model, loss_fn, data, w_fn, n, chunk_size, params, forward, 
         else:
             correct = correct + cr.sum()
         offset += b
+        count += b
+    if slices is not None:
+        if next(slices, None) is not None:
+            raise ValueError(f"{what}: the data yielded fewer chunks than rank {shard[0]} of "
+                             f"{shard[1]} has")
+        if total is None:  # more ranks than chunks: this rank adds nothing
+            total = torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=device)
+        return total, loss_sum, (correct if classify else None), count
     if offset != n:
         raise ValueError(f"{what}: the data yielded {offset} examples, expected n={n} (a "
                          "DataLoader with drop_last=True skips some)")
@@ -486,6 +520,7 @@ def ngd_step(
     finite_population: bool = False,
     params=None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> StepStats:
     """One NGD gradient (eq. 3): ∇L + ξ with ξ exactly Gaussian, Cov ξ = Σ₁/B (SGD's at batch B).
 
@@ -504,9 +539,15 @@ def ngd_step(
         chunk_size: examples per pass when ``data`` are tensors.
         finite_population: match without-replacement batches, Σ₁/B · (n − B)/(n − 1).
         params, forward: as in :func:`sgd_step`.
+        shard: ``(rank, K)`` for one of K processes (DDP): only the chunks j ≡ rank (mod K)
+            of ``split_chunks(n, chunk_size)`` are differentiated (``data`` yields just those,
+            in order, or is the tensors of all n); the weights are still drawn for all n (the
+            same generator state on every rank gives the same weights), and the result is
+            this rank's part: grad, loss and correct sums and ``count`` over its chunks, to be
+            summed over the ranks (``torch.distributed.all_reduce``). ``n`` is required.
 
     Returns:
-        :class:`StepStats` over the n examples (G, N None).
+        :class:`StepStats` over the n examples (G, N None), or this rank's part with ``shard``.
 
     Raises:
         ValueError: a batch-coupled net, data that do not cover n examples exactly once, or
@@ -517,7 +558,7 @@ def ngd_step(
                            finite_population=finite_population)
 
     g, loss_sum, correct, count = _full_data_step(model, loss_fn, data, weights, n, chunk_size,
-                                                  params, forward, "ngd_step")
+                                                  params, forward, "ngd_step", shard)
     return StepStats(g, loss_sum, count, correct)
 
 
@@ -530,10 +571,12 @@ def gd_step(
     chunk_size: int = 1000,
     params=None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> StepStats:
     """The full-batch gradient ∇L (eq. 3 without noise), over the data as in :func:`ngd_step`.
 
-    Its G = |∇L|² is exact and N = 0 (GD carries no noise).
+    Its G = |∇L|² is exact and N = 0 (GD carries no noise). With ``shard`` (as in
+    :func:`ngd_step`) the result is this rank's part and G, N are None (|∇L|² needs the sum).
 
     Raises:
         ValueError: as :func:`ngd_step`.
@@ -542,7 +585,9 @@ def gd_step(
         return gd_weights(n_, dtype=dtype, device=device)
 
     g, loss_sum, correct, count = _full_data_step(model, loss_fn, data, weights, n, chunk_size,
-                                                  params, forward, "gd_step")
+                                                  params, forward, "gd_step", shard)
+    if shard is not None:
+        return StepStats(g, loss_sum, count, correct)
     return StepStats(g, loss_sum, count, correct, g.double().square().sum(),
                      torch.zeros((), device=g.device))
 

@@ -12,6 +12,7 @@ train (bad values, a net that cannot run, unreadable data, no CUDA) leaves the s
 The manifest also records what decides the run's floating-point results (``numerics``): torch's
 version, the CPU kernels torch chose (``cpu_capability``), the intra-op thread count and the
 device. Two runs of one config agree bit for bit when these agree; otherwise only statistically.
+A run trained on K DDP ranks (:mod:`paperlib.distributed`) is written by rank 0 alone.
 """
 
 from __future__ import annotations
@@ -217,6 +218,7 @@ def run(
     """
     from .checks import check_trainable
     from .config import refuse_ignored
+    from .distributed import is_writer
     from .train import train  # train imports data/models; keep the store importable alone
 
     cached = load_result(config, root)
@@ -260,6 +262,9 @@ def run(
         write_manifest(d, "partial", {"step": state["step"], "numerics": numerics(device)})
 
     device = str(_resolve_device(config))
+    if not is_writer():  # a DDP rank > 0: trains in lockstep, rank 0 writes the run
+        result = train(config, resume=resume, progress=False, step_callback=step_callback)
+        return RunResult(config, result.history, result.status, result.diverged_step, d, {})
     result = train(config, resume=resume, progress=progress, step_callback=step_callback,
                    on_checkpoint=lambda state: save_checkpoint(state, device))
     save_checkpoint(result.state, result.device)  # the final checkpoint and the full history.csv

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import seeding
+from . import distributed, seeding
 from .config import RunConfig
 from .data import DeviceData, RawDataset, Sampler, load_dataset, prepare
 from .history import HISTORY_COLUMNS, StepWindow, history_frame
@@ -47,6 +47,7 @@ from .steps import (
     set_grad,
     sgd_step,
     svag_step,
+    warn_if_coupled_disjoint,
 )
 from .svag import svag_steps
 
@@ -101,6 +102,8 @@ class Context:
     sampling: Sampling  # how a step's batch (SGD halves, SVAG's γ1/γ2) was drawn
     extra_sampling: Sampling | None  # how the extra batch relates to the step's batch
     device: torch.device
+    ranks: distributed.Ranks | None = None  # K > 1 processes (DDP) share each step
+    bn_merge: distributed.BatchNormMerge | None = None  # SVAG with BatchNorm on 2 ranks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output with the run's accelerator options (memory format, bf16)."""
@@ -125,24 +128,49 @@ def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def gradient(ctx: Context, k: int) -> StepStats:
     """Step k's gradient (and G/N on measuring steps) for the run's update rule, through the
     public step functions. Batches, augmentation and NGD noise are keyed by (seed, stream, k),
-    so a resumed run draws what an uninterrupted one would."""
+    so a resumed run draws what an uninterrupted one would. On K > 1 ranks (``ctx.ranks``)
+    each rank forms its part and the parts are all-reduced (:mod:`paperlib.distributed`)."""
     c = ctx.config
     rule = c.update_rule
     kw = dict(params=ctx.params, forward=ctx.forward)
+    ranks = ctx.ranks
     if rule in ("ngd", "gd"):
         n = ctx.data.train_size
+        shard = None if ranks is None else (ranks.rank, ranks.world)
         chunks = (ctx.batch(torch.arange(s.start, s.stop, device=ctx.device),
                             seeding.STREAM_AUGMENT, k, j)
-                  for j, s in enumerate(split_chunks(n, c.chunk_size)))
+                  for j, s in enumerate(split_chunks(n, c.chunk_size))
+                  if ranks is None or ranks.owns(j))
         if rule == "gd":
-            return gd_step(ctx.model, cross_entropy, chunks, n=n, **kw)
-        gen = seeding.generator(c.seed, seeding.STREAM_NGD, k, device=ctx.device)
-        return ngd_step(ctx.model, cross_entropy, chunks, n=n, batch_size=c.batch_size,
-                        generator=gen, **kw)
+            stats = gd_step(ctx.model, cross_entropy, chunks, n=n, chunk_size=c.chunk_size,
+                            shard=shard, **kw)
+        else:
+            gen = seeding.generator(c.seed, seeding.STREAM_NGD, k, device=ctx.device)
+            stats = ngd_step(ctx.model, cross_entropy, chunks, n=n, batch_size=c.batch_size,
+                             generator=gen, chunk_size=c.chunk_size, shard=shard, **kw)
+        return stats if ranks is None else distributed.reduce_full_data(stats, gd=rule == "gd")
+    # the whole batch on every rank (its augmentation is drawn for the batch), then this
+    # rank's part of it
     x, y = ctx.batch(ctx.sampler.indices(k, device=ctx.device), seeding.STREAM_AUGMENT, k)
     if rule == "svag":
-        return svag_step(ctx.model, cross_entropy, x, y, l=c.l, sampling=ctx.sampling,
-                         measure=k % c.nsr_every == 0, **kw)
+        measure = k % c.nsr_every == 0
+        if ranks is None:
+            return svag_step(ctx.model, cross_entropy, x, y, l=c.l, sampling=ctx.sampling,
+                             measure=measure, **kw)
+        if ctx.coupled:  # as svag_step: a coupled net is measured at every step
+            measure = True
+            warn_if_coupled_disjoint(ctx.sampling)
+            ctx.bn_merge.before()
+        part = sgd_step(ctx.model, cross_entropy, ranks.part(x), ranks.part(y), **kw)
+        if ctx.coupled:
+            ctx.bn_merge.after()
+        return distributed.reduce_svag(part, ranks, l=c.l, batch_size=c.batch_size,
+                                       sampling=ctx.sampling if measure else None)
+    if ranks is not None:  # SGD (check_supported refused batch-coupled nets)
+        part = sgd_step(ctx.model, cross_entropy, ranks.part(x), ranks.part(y), **kw)
+        measure = k % c.nsr_every == 0 and c.batch_size >= 2
+        return distributed.reduce_parts(part, ranks, batch_size=c.batch_size,
+                                        sampling=ctx.sampling if measure else None)
     if ctx.coupled:  # BatchNorm: an independent extra batch every nsr_extra_every steps
         measure = ctx.extra_sampler is not None and k % c.nsr_extra_every == 0
         extra = (ctx.batch(ctx.extra_sampler.indices(k, device=ctx.device),
@@ -228,10 +256,13 @@ def build(config: RunConfig, device: torch.device, *, model: torch.nn.Module | N
         n_pop = sampler_population(kind, n)
         extra_sampling = (Sampling.with_replacement() if n_pop is None
                           else Sampling.independent(n_pop))
+    ranks = distributed.current()
+    distributed.check_supported(config, coupled, ranks)
     params = trained_parameters(model)
     accelerator_options(config, model, device)
+    merge = distributed.BatchNormMerge(model) if ranks is not None and coupled else None
     return Context(config, model, params, data, sampler, extra, coupled, sampling,
-                   extra_sampling, device)
+                   extra_sampling, device, ranks, merge)
 
 
 def accelerator_options(config: RunConfig, model: torch.nn.Module, device: torch.device) -> None:
