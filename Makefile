@@ -1,6 +1,8 @@
 # Two commands matter: `make test` (what CI runs) and `make figures` (regenerates every figure).
 # Every target installs the project first (`make setup`, idempotent). `make help` lists this.
 # `make test-fast`: lint + pytest without the tests marked slow or notebook (tests/README.md).
+# `make verify`: retrain a fixed sample of committed runs (a few minutes); how far each new
+# history is from the committed one, and whether any claim's verdict would change.
 #
 # Variables:
 #   CIFAR10=/path/to/cifar10-jpeg.tar.gz  offline CIFAR-10 (ImageFolder tree, .tar.gz of one, or
@@ -23,7 +25,8 @@
 #                                          make figures again to plot when the jobs are done)
 #   PARTITION=gpu                          EXECUTOR=slurm: partition (default: the cluster's)
 #   GPUS_PER_JOB=1                         GPUs per job (slurm: one per rank; local: 1 with CUDA)
-#   TIME_LIMIT=24:00:00                    per job (minutes or H:MM:SS; default 1440 min); a
+#   TIME_LIMIT=24:00:00                    per job (Slurm's forms: M, M:S, H:M:S, D-H:M:S;
+#                                          default 1440 min); a
 #                                          longer run is requeued from its checkpoint
 #   ARRAY_PARALLELISM=64                   jobs at once (slurm: 64; local: one per core)
 #   NPROC_PER_RUN=1                        DDP ranks per run (one GPU each on Slurm)
@@ -50,7 +53,7 @@ export PYTHONHASHSEED := 0
 
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb notebooks/appendix/*.ipynb))
 
-.PHONY: help setup test test-fast lint pytest nbval figures bench clean
+.PHONY: help setup test test-fast lint pytest nbval figures verify bench clean
 
 help:
 	@sed -n '/^# Two commands/,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
@@ -92,6 +95,9 @@ figures: setup
 		$(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT)) \
 		$(if $(ARRAY_PARALLELISM),--array-parallelism $(ARRAY_PARALLELISM)) \
 		$(if $(NPROC_PER_RUN),--nproc-per-run $(NPROC_PER_RUN))
+
+verify: setup
+	$(BIN)/python -m paperlib verify
 
 bench: setup
 	$(BIN)/python -m benchmarks

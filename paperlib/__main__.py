@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDP processes (ranks, one GPU each on Slurm) per run (default 1)")
     c.add_argument("--slurm-extra", default=None,
                    help='further sbatch options as JSON, e.g. \'{"account": "abc"}\'')
+
+    sub.add_parser("verify", help="retrain a fixed sample of committed runs and compare",
+                   description="Retrain a small, fixed sample of the committed cpu runs "
+                               "(paperlib.verify.SAMPLE, a few minutes) into a temporary "
+                               "folder; print per run how far the new history is from the "
+                               "committed one and, per claim of the figures that use them, "
+                               "whether its verdict would change.")
     return p
 
 
@@ -271,6 +278,12 @@ def cmd_figures(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .verify import main as verify_main
+
+    return verify_main()
+
+
 def main(argv: list[str] | None = None) -> int:
     from .data import DatasetNotFoundError
     from .plan import TooLongError
@@ -278,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"train": cmd_train, "predict-lsr": cmd_predict_lsr,
-                "figures": cmd_figures}[args.command](args)
+                "figures": cmd_figures, "verify": cmd_verify}[args.command](args)
     except (ValueError, DatasetNotFoundError, FileNotFoundError, TooLongError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Checks that need more than the config's values: whether its net can run and train at its
 resolution and batch size, and whether its data set can be read. Both run before anything is
-written for a run (``store.run``, ``experiments.run_all``, the CLI); ``config.validate`` judges
+written for a run (``store.run``, ``sweeps.run_all``, the CLI); ``config.validate`` judges
 the values themselves.
 """
 

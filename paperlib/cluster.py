@@ -80,21 +80,29 @@ class RunsPendingError(Exception):
 
 
 def parse_time_limit(value: str | int) -> int:
-    """Minutes from ``90`` (minutes), ``H:MM``, ``H:MM:SS`` or ``D-H:MM:SS`` (Slurm's forms).
+    """Minutes from Slurm's time forms: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M`` or
+    ``D-H:M:S`` (as ``sbatch --time`` reads them: two numbers are minutes:seconds); seconds
+    round up to the next minute.
 
     Raises:
         ValueError: anything else, or a limit under one minute.
     """
     text = str(value).strip()
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?", text)
-    if not m or (m.group(1) and not m.group(3)):
+    if not m:
         raise ValueError(f"time_limit={value!r} is not allowed; give minutes (e.g. 1440), "
-                         "H:MM, H:MM:SS or D-H:MM:SS")
-    days, first, second, third = (int(g) if g else 0 for g in m.groups())
-    if m.group(3) is None:  # plain minutes
-        minutes = first
-    else:  # H:MM[:SS]
-        minutes = days * 1440 + first * 60 + second + (1 if third else 0)
+                         "M:S, H:M:S, D-H, D-H:M or D-H:M:S (Slurm's forms)")
+    days, a, b, c = m.groups()
+    n = [int(x) for x in (a, b, c) if x is not None]
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        h, mins, secs = (n + [0, 0])[:3]
+        minutes = int(days) * 1440 + h * 60 + mins + (secs > 0)
+    elif len(n) == 1:  # M
+        minutes = n[0]
+    elif len(n) == 2:  # M:S
+        minutes = n[0] + (n[1] > 0)
+    else:  # H:M:S
+        minutes = n[0] * 60 + n[1] + (n[2] > 0)
     if minutes < 1:
         raise ValueError(f"time_limit={value!r} is not allowed; at least one minute")
     return minutes

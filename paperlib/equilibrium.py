@@ -105,8 +105,9 @@ def constant_lr_end(history: pd.DataFrame) -> float:
 def constant_lr_window(history: pd.DataFrame, end: float | RunConfig,
                        start_frac: float = 0.5, start: float = 0.0) -> pd.DataFrame:
     """History rows in the second part of the constant-LR phase (start, end]: effective step in
-    (start + start_frac · (end − start), end], where the authors measure G_t, N_t (epochs
-    200–250 of a phase ending at 250; the cpu figures use its second half).
+    (start + start_frac · (end − start), end], where G_t, N_t are measured (the authors use
+    epochs 200–250 of a phase ending at 250, ``start_frac`` = 0.8; see
+    :func:`window_start_frac` for the runs' choice).
 
     Args:
         history: the run's history table.
@@ -138,6 +139,16 @@ def _window_errors(w: pd.DataFrame) -> dict:
             "R_se": s["R_se"]}
 
 
+def _block_se(values) -> float:
+    """Standard error of the mean of a correlated series over ``BLOCKS`` contiguous block
+    means (per value with fewer than 2 values per block; NaN with fewer than 2 values)."""
+    v = pd.Series(values, dtype=float).dropna().to_numpy()
+    per = len(v) // BLOCKS
+    if per >= 2:
+        v = v[len(v) - per * BLOCKS:].reshape(BLOCKS, per).mean(axis=1)
+    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) >= 2 else float("nan")
+
+
 def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: float | None = None,
                       l: float = 1.0, *, end: float | None = None, start: float | None = None,
                       start_frac: float = 0.5, eq11: bool = True, min_rows: int = 0) -> dict:
@@ -161,9 +172,18 @@ def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: floa
     Returns:
         dict with ``G``, ``N``, ``R``, ``grad_sq``, ``N_over_G`` (means over the window's rows),
         ``G_se``, ``N_se``, ``R_se``, ``N_over_G_se`` (over ``BLOCKS`` block means of the rows),
-        ``eq11_lhs``, ``eq11_rhs``, ``eq11_uses_estimator``, ``eq11_rel_err``, ``R_drift``
+        ``eq11_lhs``, ``eq11_rhs``, ``eq11_uses_estimator``, ``eq11_rel_err`` (|lhs − rhs| / rhs:
+        zero only at equilibrium), ``eq11_gap`` and ``eq11_gap_se`` (the gap with eq. (11)'s
+        drift term, exact off equilibrium too, and its standard error; see below), ``R_drift``
         ((last − first R) / mean R), ``rows``, ``rows_G_N`` (rows with both G and N),
         ``window_start``, ``window_end`` (effective steps).
+
+    The drift term: for a scale-invariant net, ⟨x, g⟩ = 0, so each SGD step with weight decay
+    gives |x'|² = (1 − ηλ)²|x|² + η²|g|² exactly. Summed over the K steps between the window's
+    first and last rows, (2 − ηλ)λ R̄ + ΔR / (ηK) = η · mean |g|², whether or not R has reached
+    equilibrium (ΔR = 0 there: eq. (11)). ``eq11_gap`` is (lhs + ΔR/(ηK) − rhs) / rhs; it is zero
+    up to the noise of the G + l·N estimate (``eq11_gap_se``, over block means) and to R̄ being
+    a mean over logged rows rather than every step.
 
     Raises:
         ValueError: if the window has no rows or fewer than ``min_rows`` rows with finite G
@@ -208,22 +228,52 @@ def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: floa
         # E|g|² = G + l·N (SVAG's gradient has covariance l·Σ_B); with G, N from the online
         # estimator this checks the estimator, with the measured |g|² it checks stationarity.
         lhs, rhs = eq11_sides(R, G + l * N if estimated else gsq, step_lr=eta, wd=lam)
+    gap = gap_se = nan
+    if eq11 and lam is not None and eta is not None and "R" in w and len(w) > 1:
+        steps = _steps(w).to_numpy(dtype=float)
+        k = (steps[-1] - steps[0]) * l  # per-step updates between the first and last row
+        drift = (w["R"].iloc[-1] - w["R"].iloc[0]) / (eta * k) if k > 0 else nan
+        noise = w.loc[both, "G"] + l * w.loc[both, "N"] if estimated else w["grad_sq"] \
+            if "grad_sq" in w else pd.Series(dtype=float)
+        if rhs and rhs == rhs:
+            gap = (lhs + drift - rhs) / rhs
+            gap_se = (lhs + drift) / rhs * eta * _block_se(noise) / rhs
     return {
         "G": G, "N": N, "R": R, "grad_sq": gsq,
         "N_over_G": N / G if estimated and G else nan,
         **_window_errors(w[both]),
         "eq11_lhs": lhs, "eq11_rhs": rhs, "eq11_uses_estimator": estimated,
         "eq11_rel_err": abs(lhs - rhs) / abs(rhs) if rhs != 0 else nan,
+        "eq11_gap": gap, "eq11_gap_se": abs(gap_se),
         "R_drift": (w["R"].iloc[-1] - w["R"].iloc[0]) / R if len(w) > 1 and "R" in w else nan,
         "rows": len(w), "rows_G_N": int(both.sum()),
         "window_start": lo, "window_end": end,
     }
 
 
+AUTHORS_WINDOW_EPOCHS = 50.0  # the authors average G_t, N_t over epochs 200–250 (phase ends 250)
+
+
+def window_start_frac(config: RunConfig) -> float:
+    """Where a run's G/N window starts, as a fraction of its constant-LR phase: the last
+    ``AUTHORS_WINDOW_EPOCHS`` epochs, as the authors do (epochs 200–250 of the `paper` Fig 3
+    runs), or the second half of a phase shorter than twice that (every `cpu` run: a half keeps
+    enough logged rows for the block standard errors) or counted in steps (Fig 1's schedule,
+    whose large-B runs span hundreds of epochs)."""
+    if config.schedule_unit != "epoch":
+        return 0.5
+    end = first_decay_step(config)
+    window = AUTHORS_WINDOW_EPOCHS * config.steps_per_epoch
+    return max(0.5, 1 - window / end) if end > 0 else 0.5
+
+
 def run_equilibrium_stats(history: pd.DataFrame, config: RunConfig,
-                          start_frac: float = 0.5, min_rows: int = 0) -> dict:
-    """:func:`equilibrium_stats` with (η, λ, l), the window and eq. (11)'s applicability taken
-    from a paperlib run's config (η is the per-step LR η/l for SVAG)."""
+                          start_frac: float | None = None, min_rows: int = 0) -> dict:
+    """:func:`equilibrium_stats` with (η, λ, l), the window (:func:`window_start_frac` unless
+    ``start_frac`` is given) and eq. (11)'s applicability taken from a paperlib run's config
+    (η is the per-step LR η/l for SVAG)."""
+    if start_frac is None:
+        start_frac = window_start_frac(config)
     return equilibrium_stats(history, config.step_lr, config.wd, config.l_eff,
                              end=first_decay_step(config), start_frac=start_frac,
                              eq11=eq11_applies(config), min_rows=min_rows)

@@ -71,6 +71,11 @@ class Figure:
         return p
 
 
+# SVAG's l: the paper and the authors sweep l = 1 … 32; at cpu, 1 … 8 (each doubling of l doubles
+# a run's steps, and the claims compare l = 4 with l = 8 as the paper compares the largest two).
+PAPER_LS = [1, 2, 4, 8, 16, 32]
+CPU_LS = [1, 2, 4, 8]
+
 MAIN_IDS = ("fig1", "fig3", "fig4", "figA-sampling", "theory-sde", "theory-noise",
             "monitor-mlp")  # in place
 
@@ -86,7 +91,8 @@ FIGURES: tuple[Figure, ...] = (
            params={"ARCH": "vgg19", "NORM": "gn"}, scaled=None,
            note="paper only: at cpu a VGG-19 sweep costs many times the convnet's (a "
                 "quarter-width VGG-16 already measured 5× the convnet's step time at 8×8)"),
-    Figure("fig4", "fig4_svag", "Fig 4: SVAG converges"),
+    Figure("fig4", "fig4_svag", "Fig 4: SVAG converges", params={"LS": PAPER_LS},
+           scaled={"LS": CPU_LS}),
     Figure("figA-sampling", "sampling", "App.: sampling schemes"),
     Figure("theory-sde", "theory-sde", "Lemma 4.7, Thm 4.3, App. B.1 (theory-lemma47, "
            "theory-weak-ou, theory-weak-double-well, theory-lsr)"),
@@ -108,8 +114,9 @@ FIGURES: tuple[Figure, ...] = (
     # --- further LSR verification (App. F): Fig 3's sweep on other nets -------------------
     Figure("figA-lsr-resnet32", "fig3_lsr", "App. F: LSR on ResNet-32 BN (not scale-invariant)",
            params={"ARCH": "resnet32", "NORM": "bn", "SEEDS": [0]},
-           scaled={"ARCH": "resnet8", "WIDTH": 1.0},
-           note="cpu: ResNet-8 (the same post-activation recipe, 16/32/64 channels), one seed"),
+           scaled={"ARCH": "resnet8", "WIDTH": 1.0, "SEEDS": [0, 1]},
+           note="cpu: ResNet-8 (the same post-activation recipe, 16/32/64 channels), two seeds "
+                "(the claims' seed noise needs two)"),
     Figure("figA-lsr-4x-bn", "fig3_lsr", "App. F: LSR on PreResNet-32 4x BN",
            params={"WIDTH": 4.0, "NORM": "bn", "SEEDS": [0]}, scaled=None,
            note="paper only: at cpu the 4x convnet (width 8) costs ≈ 2.8× (GN) to 5× (BN) "
@@ -119,30 +126,37 @@ FIGURES: tuple[Figure, ...] = (
            note="paper only: see figA-lsr-4x-bn"),
     # --- SVAG groups (App. F): Fig 4 on other settings ------------------------------------
     Figure("figA-svag-baselines", "fig4_svag", "App. F: SVAG baselines (the other norm)",
-           params={"NORM": "gn", "SEEDS": [0]}, scaled={"NORM": "bn"},
+           params={"NORM": "gn", "SEEDS": [0], "LS": PAPER_LS},
+           scaled={"NORM": "bn", "SEEDS": [0, 1], "LS": CPU_LS},
            note="Fig 4 uses BN at paper and GN at cpu; this group shows the other one, "
-                "small and large batch, one seed"),
+                "small and large batch; two seeds at cpu (the claims' seed noise needs two)"),
     Figure("figA-svag-4x", "fig4_svag", "App. F: SVAG on a 4x wide PreResNet-32 BN",
-           params={"WIDTH": 4.0, "SEEDS": [0], "PANELS": [[128, 0.8]]},
-           scaled={"WIDTH": 2.0, "PANELS": [[16, 0.4]]},
-           note="cpu: the convnet at width 2 (2× the main figure's), small batch, one seed"),
+           params={"WIDTH": 4.0, "SEEDS": [0], "PANELS": [[128, 0.8]], "LS": PAPER_LS},
+           scaled={"WIDTH": 2.0, "PANELS": [[16, 0.4]], "SEEDS": [0, 1], "LS": CPU_LS},
+           note="cpu: the convnet at width 2 (2× the main figure's), small batch, two seeds"),
     Figure("figA-svag-vgg16-bn", "fig4_svag", "App. F: SVAG on VGG-16 BN",
-           params={"ARCH": "vgg16", "NORM": "bn", "SEEDS": [0], "PANELS": [[128, 0.8]]},
+           params={"ARCH": "vgg16", "NORM": "bn", "SEEDS": [0], "PANELS": [[128, 0.8]],
+                   "LS": PAPER_LS},
            scaled=None,
            note="paper only: at cpu even a quarter-width VGG-16 is 5× the convnet, ≈ 30 "
                 "core-minutes for one panel and seed"),
     Figure("figA-svag-vgg16-gn", "fig4_svag", "App. F: SVAG on VGG-16 GN",
-           params={"ARCH": "vgg16", "NORM": "gn", "SEEDS": [0], "PANELS": [[128, 0.8]]},
+           params={"ARCH": "vgg16", "NORM": "gn", "SEEDS": [0], "PANELS": [[128, 0.8]],
+                   "LS": PAPER_LS},
            scaled=None, note="paper only: see figA-svag-vgg16-bn"),
     Figure("figA-svag-no-norm", "fig4_svag", "App. F: SVAG on an unnormalized VGG (η = 0.01)",
-           params={"ARCH": "vgg16", "NORM": "none", "SEEDS": [0], "PANELS": [[128, 0.01]]},
-           scaled={"ARCH": "convnet", "PANELS": [[16, 0.05]]},
-           note="cpu: the convnet without normalization at B = 16"),
+           params={"ARCH": "vgg16", "NORM": "none", "SEEDS": [0], "PANELS": [[128, 0.01]],
+                   "LS": PAPER_LS},
+           scaled={"ARCH": "convnet", "PANELS": [[16, 0.05]], "SEEDS": [0, 1], "LS": CPU_LS},
+           note="cpu: the convnet without normalization at B = 16, two seeds"),
     Figure("figA-svag-triangle", "fig4_svag", "App. F: SVAG with the triangle LR schedule",
-           params={"SCHEDULE": "triangle", "SEEDS": [0]},
-           note="two cycles over the whole run; every knot stretches with l"),
+           params={"SCHEDULE": "triangle", "SEEDS": [0], "LS": PAPER_LS},
+           scaled={"SEEDS": [0, 1], "LS": CPU_LS},
+           note="two cycles over the whole run; every knot stretches with l; two seeds at cpu"),
     Figure("figA-svag-cosine", "fig4_svag", "App. F: SVAG with the cosine LR schedule",
-           params={"SCHEDULE": "cosine", "SEEDS": [0]}, note="η → η/800 over the run"),
+           params={"SCHEDULE": "cosine", "SEEDS": [0], "LS": PAPER_LS},
+           scaled={"SEEDS": [0, 1], "LS": CPU_LS},
+           note="η → η/800 over the run; two seeds at cpu"),
 )
 
 
@@ -201,8 +215,12 @@ def figure_table(preset: str = "cpu", timings: Path | None = None) -> str:
             here = _fmt_params(f.parameters(preset))
             e = measured.get(f.id) if isinstance(measured.get(f.id), dict) else {}
             parts = []
-            if "wall_s_with_training" in e:
+            complete = e.get("results_computed") in (None, e.get("results"))
+            if "wall_s_with_training" in e and complete:
                 parts.append(f"{e['wall_s_with_training'] / 60:.1f} min from scratch")
+            elif e.get("train_s"):  # not measured end to end for its current runs
+                parts.append(f"≈ {e['train_s'] / 2 / 60:.1f} min from scratch (estimated: its "
+                             f"{e['results']} runs' stored training time over 2 workers)")
             if "wall_s" in e:
                 parts.append(f"{e['wall_s']:.0f} s re-plot")
             wall = ", ".join(parts) or "not measured"
@@ -216,15 +234,16 @@ def claims_markdown(fig_dir: Path | None = None) -> str:
     import pandas as pd
 
     fig_dir = fig_dir or FIGURE_DIR
-    lines = ["| figure | claim | paper | measured | threshold | verdict | seeds / sample |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| figure | claim | paper | measured [95 % interval] | threshold | verdict | "
+             "seeds / sample | uncertainty |",
+             "|---|---|---|---|---|---|---|---|"]
     for f in FIGURES:
         path = fig_dir / f"{f.id}.claims.csv"
         if not path.exists():
             continue
         for r in pd.read_csv(path, dtype=str, keep_default_na=False).itertuples():
-            cells = [f"`{f.id}`", r.claim, r.paper, r.measured, r.threshold,
-                     f"**{r.verdict}**", r.seeds]
+            cells = [f"`{f.id}`", r.claim, r.paper, f"{r.measured} {r.interval}", r.threshold,
+                     f"**{r.verdict}**", r.seeds, r.uncertainty]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -305,7 +324,8 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None,
         print(f"=== {f.id}: {times[f.id]:.0f} s; {len(computed)} result(s) computed, "
               f"{len(stored)} loaded from the store ===", flush=True)
         record_timing(f.id, preset, times[f.id], len(computed), len(stored),
-                      path=root / "figures" / "timings.json")
+                      path=root / "figures" / "timings.json",
+                      train_s=stored_training_seconds(stored | computed, preset))
     if committed and not pending:
         sync_readme()
     if pending:
@@ -395,12 +415,26 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
 
 
+def stored_training_seconds(results: set, preset: str) -> float:
+    """The training seconds the store recorded for these ``(kind, name)`` results (runs and
+    monitor runs; each run's own wall time, as it trained beside the other worker)."""
+    total = 0.0
+    for kind, name in results:
+        path = {"run": store_root(preset) / "runs" / name / "manifest.json",
+                "monitor": store_root(preset) / "monitor" / f"{name}.json"}.get(kind)
+        if path is not None and path.exists():
+            total += float(json.loads(path.read_text()).get("wall_s", 0.0))
+    return total
+
+
 def record_timing(fig_id: str, preset: str, seconds: float, computed: int, stored: int = 0,
-                  path: Path | None = None) -> None:
+                  path: Path | None = None, train_s: float | None = None) -> None:
     """figures/timings.json, {preset: {id: entry}}: ``wall_s_with_training`` and
     ``results_computed`` of the last execution that computed every result it used (from an
-    empty store), and ``wall_s`` of a re-plot from the store (recorded once: a re-plot does not
-    rewrite the file, so re-plotting leaves the committed files unchanged)."""
+    empty store), ``wall_s`` of a re-plot from the store (recorded once: a re-plot does not
+    rewrite the file, so re-plotting leaves the committed files unchanged), and ``results`` and
+    ``train_s``: how many results the figure uses and their stored training seconds (the
+    estimate shown while no from-scratch time covers all of them)."""
     from .files import atomic_write_bytes
 
     path = path or FIGURE_DIR / "timings.json"
@@ -414,6 +448,9 @@ def record_timing(fig_id: str, preset: str, seconds: float, computed: int, store
               "a from-scratch time", flush=True)
     elif "wall_s" not in entry:
         entry["wall_s"] = round(seconds, 1)
+    entry["results"] = computed + stored
+    if train_s is not None:
+        entry["train_s"] = round(train_s)
     if entry == data[preset].get(fig_id):
         return
     data[preset][fig_id] = entry

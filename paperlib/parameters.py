@@ -41,15 +41,13 @@ def _as_list(v):
     return v if isinstance(v, list) else [v] if v is not None and v != "" else []
 
 
-def _choice_or_default(allowed) -> Callable:
+def _choice(allowed) -> Callable:
     def ok(v):
-        return v == "" or v in allowed
+        return v in allowed
     return ok
 
 
 def _arch_ok(v) -> bool:
-    if v == "":
-        return True
     try:
         validate_arch(v)
     except ValueError:
@@ -63,18 +61,19 @@ def _panels_ok(v) -> bool:
 
 
 # name: (kind, check, what is allowed). Kinds: "str", "int", "float", "list".
+# OPTIONAL parameters also take None: "the preset's value" (never 0 or "", which are values).
 RULES: dict[str, tuple[str, Callable, str]] = {
     "PRESET": ("str", lambda v: v in PRESETS, f"one of {list(PRESETS)}"),
     "SEEDS": ("list", lambda v: v and all(_int(s) and s >= 0 for s in v),
               'a non-empty list of integers ≥ 0, e.g. -p SEEDS "[0, 1]"'),
     "GAP_SEEDS": ("list", lambda v: all(_int(s) and s >= 0 for s in v),
                   'a list of integers ≥ 0, e.g. -p GAP_SEEDS "[0, 1]"'),
-    "BATCH_SIZE": ("int", lambda v: v >= 0, "an integer ≥ 1, or 0 for the preset's"),
+    "BATCH_SIZE": ("int", lambda v: v >= 1, "an integer ≥ 1, or None for the preset's"),
     "BATCH_SIZES": ("list", lambda v: all(_int(b) and b >= 1 for b in v),
                     'a list of batch sizes ≥ 1 ([] for the preset\'s), e.g. "[16, 64, 256]"'),
     "GAP_BATCH_SIZES": ("list", lambda v: all(_int(b) and b >= 1 for b in v),
                         'a list of batch sizes ≥ 1, e.g. "[16, 64]"'),
-    "WIDTH": ("float", lambda v: v >= 0, "a width factor > 0, or 0 for the preset's"),
+    "WIDTH": ("float", lambda v: v > 0, "a width factor > 0, or None for the preset's"),
     "LS": ("list", lambda v: v and all(_int(x) and x >= 1 for x in v),
            'a non-empty list of integers l ≥ 1 (SVAG, eq. 5), e.g. "[1, 2, 4, 8]"'),
     "PANELS": ("list", _panels_ok,
@@ -82,15 +81,15 @@ RULES: dict[str, tuple[str, Callable, str]] = {
                '"[[16, 0.4], [128, 3.2]]"'),
     "SAMPLERS": ("list", lambda v: v and all(s in SAMPLERS for s in v),
                  f"a non-empty list of samplers from {list(SAMPLERS)}"),
-    "ARCH": ("str", _arch_ok, '"" for the preset\'s, preresnet<6n+2>, resnet<6n+2>, vgg11/13/'
-                              '16/19 or convnet'),
-    "NORM": ("str", _choice_or_default(NORMS), f'"" for the preset\'s, or one of {list(NORMS)}'),
-    "DATASET": ("str", _choice_or_default(DATASETS),
-                f'"" for the preset\'s, or one of {list(DATASETS)}'),
-    "SCHEDULE": ("str", _choice_or_default(SCHEDULES),
-                 f'"" for the step schedule, or one of {list(SCHEDULES)}'),
+    "ARCH": ("str", _arch_ok, "None for the preset's, preresnet<6n+2>, resnet<6n+2>, vgg11/13/"
+                              "16/19 or convnet"),
+    "NORM": ("str", _choice(NORMS), f"None for the preset's, or one of {list(NORMS)}"),
+    "DATASET": ("str", _choice(DATASETS), f"None for the preset's, or one of {list(DATASETS)}"),
+    "SCHEDULE": ("str", _choice(SCHEDULES),
+                 f"None for the preset's (step), or one of {list(SCHEDULES)}"),
     "C2": ("float", lambda v: v > 1, "the threshold C² of Thm 5.6, a number > 1"),
-    "BASE_LR": ("float", lambda v: v >= 0, "an LR η > 0 at the smallest B, or 0 for the preset's"),
+    "BASE_LR": ("float", lambda v: v > 0, "an LR η > 0 at the smallest B, or None for the "
+                                          "preset's"),
     "MONITOR_DIR": ("str", lambda v: True, "a folder (\"\" for the store's monitor/)"),
     "WORKERS": ("int", lambda v: v >= 0, "a number of processes ≥ 1, or 0 for one per core"),
     "RUNS_DIR": ("str", lambda v: True, "a folder (\"\" for the store's runs/)"),
@@ -98,6 +97,9 @@ RULES: dict[str, tuple[str, Callable, str]] = {
     "FIG_ID": ("str", lambda v: bool(_FIG_ID.match(v)),
                "a file name stem of letters, digits, '.', '_' and '-'"),
 }
+
+
+OPTIONAL = frozenset({"BATCH_SIZE", "WIDTH", "ARCH", "NORM", "DATASET", "SCHEDULE", "BASE_LR"})
 
 
 def _convert(kind: str, v):
@@ -123,6 +125,9 @@ def check(values: dict) -> dict:
     out = {}
     for name, (kind, ok, allowed) in RULES.items():
         if name not in values:
+            continue
+        if values[name] is None and name in OPTIONAL:
+            out[name] = None
             continue
         v = _convert(kind, values[name])
         if v is None or not ok(v):

@@ -113,7 +113,10 @@ def fig3(per_b, info, C2: float = 2.0):
         if not np.isfinite(info[key]):  # the baseline runs diverged: no prediction
             continue
         ax.axvline(info[key], color="C1", linestyle=ls,
-                   label=f"{key.split('_')[1]} predicted B* = {info[key]:.0f}")
+                   label=f"{key.split('_')[1]} B* = B·C²(1 + N/G) = {info[key]:.0f} (Thm 5.6)")
+    if np.isfinite(info.get("caption_min", np.nan)):  # the Fig 3 caption's form, beside it
+        ax.axvline(info["caption_min"], color="0.5", linestyle=":",
+                   label=f"min C²·B·N/G = {info['caption_min']:.0f} (Fig 3 caption)")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from paperlib import cluster, experiments
+from paperlib import cluster, sweeps
 from paperlib.config import preset
 from paperlib.store import load_manifest, run_dir, run_id
 
@@ -38,24 +38,24 @@ def histories(configs_, root) -> list[bytes]:
 def test_local_jobs_train_bitwise_the_in_process_runs_then_load_from_the_store(tmp_path,
                                                                                 monkeypatch):
     cfgs = configs()
-    jobs = experiments.run_all(cfgs, root=tmp_path / "jobs", executor=local(array_parallelism=2))
-    experiments.run_all(cfgs, root=tmp_path / "pool", workers=1)
+    jobs = sweeps.run_all(cfgs, root=tmp_path / "jobs", executor=local(array_parallelism=2))
+    sweeps.run_all(cfgs, root=tmp_path / "pool", workers=1)
     assert [r.status for r in jobs] == ["complete", "complete"]
     assert histories(cfgs, tmp_path / "jobs") == histories(cfgs, tmp_path / "pool")
     assert jobs[0].meta["numerics"]["threads"] == 1  # the job pinned one thread, as the pool
     assert not list((tmp_path / "jobs" / ".jobs").glob("*.json"))  # records of done runs go
     monkeypatch.setenv("PAPERLIB_NO_TRAIN", "1")  # a re-plot only reads the store
     monkeypatch.setenv("PAPERLIB_EXECUTOR", "local")
-    again = experiments.run_all(cfgs, root=tmp_path / "jobs")
+    again = sweeps.run_all(cfgs, root=tmp_path / "jobs")
     assert [r.history.equals(j.history) for r, j in zip(again, jobs, strict=True)] == [True] * 2
 
 
 SWEEP = """
 import torch
-from paperlib import cluster, experiments
+from paperlib import cluster, sweeps
 from paperlib.config import preset
 base = preset("smoke", dataset="synthetic", device="cpu", steps=200, checkpoint_every=20)
-experiments.run_all([base.replace(seed=s) for s in (0, 1, 2)], root={root!r},
+sweeps.run_all([base.replace(seed=s) for s in (0, 1, 2)], root={root!r},
                     executor=cluster.ClusterOptions("local", gpus_per_job=0,
                                                     array_parallelism=1))
 """
@@ -88,7 +88,7 @@ def test_a_killed_local_sweep_loses_nothing_and_resubmission_trains_only_the_mis
     before = {rid: (root / rid / "manifest.json").read_bytes() for rid in stored}
     assert 1 <= len(stored) < 3, out
     capsys.readouterr()
-    results = experiments.run_all(cfgs, root=root, executor=local(array_parallelism=2))
+    results = sweeps.run_all(cfgs, root=root, executor=local(array_parallelism=2))
     printed = capsys.readouterr().out
     assert f"3 runs: {len(stored)} stored, {3 - len(stored)} to train" in printed
     assert printed.count("] complete in") == 3 - len(stored)
@@ -119,7 +119,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_the_runs_checkpoint(tmp_pa
     log = job.stdout() + (job.stderr() or "")
     assert "Requeued job" in log, log
     assert f"run {rid}: partial: stopped at step" in log and "resumes from its checkpoint" in log
-    fresh = experiments.run_all([cfg], root=tmp_path / "fresh", workers=1)[0]
+    fresh = sweeps.run_all([cfg], root=tmp_path / "fresh", workers=1)[0]
     assert (run_dir(cfg, root) / "history.csv").read_bytes() == \
         (fresh.path / "history.csv").read_bytes()
     assert isinstance(job, submitit.local.local.LocalJob)
@@ -159,7 +159,7 @@ def slurm_sweep(cfgs, root, **kw):
     options = cluster.ClusterOptions("slurm", partition="gpu", time_limit=120,
                                      array_parallelism=4, **kw)
     with pytest.raises(cluster.RunsPendingError) as e:
-        experiments.run_all(cfgs, root=root, executor=options)
+        sweeps.run_all(cfgs, root=root, executor=options)
     return e.value
 
 
@@ -199,11 +199,11 @@ def test_a_slurm_sweep_submits_one_array_once_and_plots_when_the_jobs_are_done(
     paths = submitit.core.utils.JobPaths(root / ".jobs" / "submitit", "4243")
     submitit.core.utils.DelayedSubmission.load(paths.submitted_pickle).result()
     options = cluster.ClusterOptions("slurm", partition="gpu")
-    results = experiments.run_all(cfgs, root=root, executor=options)  # every result is in
+    results = sweeps.run_all(cfgs, root=root, executor=options)  # every result is in
     assert [r.status for r in results] == ["complete"] * 3
     assert not list((root / ".jobs").glob("*.json"))
     local_root = tmp_path / "local"
-    experiments.run_all(cfgs, root=local_root, workers=1)
+    sweeps.run_all(cfgs, root=local_root, workers=1)
     assert histories(cfgs, root) == histories(cfgs, local_root)
 
 
@@ -225,10 +225,13 @@ def test_options_refuse_bad_values_naming_them():
     ]:
         with pytest.raises(ValueError, match=match):
             cluster.from_env(env)
-    for value in ("0", "1-2", "x:10"):
+    for value in ("0", "0:30", "x:10", "1:2:3:4", "-5"):
         with pytest.raises(ValueError, match="time_limit"):
             cluster.parse_time_limit(value)
-    assert cluster.parse_time_limit("1-00:00:00") == 1440
+    # sbatch --time's forms: two numbers are minutes:seconds, seconds round up
+    for value, minutes in (("90", 90), ("2:30", 3), ("24:00:00", 1440), ("1-2", 1560),
+                           ("1-2:30", 1590), ("1-00:00:00", 1440)):
+        assert cluster.parse_time_limit(value) == minutes, value
 
 
 def test_figures_refuses_bad_cluster_flags_before_anything_runs(tmp_path, capsys):

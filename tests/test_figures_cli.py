@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from paperlib import experiments, store
+from paperlib import store
+from paperlib.figures import sampling
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -157,14 +158,14 @@ def test_sigterm_stops_the_figure_its_workers_and_replaces_nothing(tmp_path):
     assert "was not replaced" in output
     assert _gone(kids), [p.pid for p in kids if p.is_running()]
     assert marker.read_text() == "a notebook that must survive an interrupted execution"
-    configs = experiments.sampling_configs("cpu")
+    configs = sampling.configs("cpu")
     assert all(store.load_result(c, tmp_path / "store" / "runs") is None for c in configs)
 
 
 def test_sigterm_to_a_sweep_in_a_script_stops_its_workers(tmp_path):
-    code = ("from paperlib import experiments\n"
-            "configs = experiments.sampling_configs('cpu')[:2]\n"
-            f"experiments.run_all(configs, root={str(tmp_path)!r}, workers=2)\n")
+    code = ("from paperlib import sweeps\nfrom paperlib.figures import sampling\n"
+            "configs = sampling.configs('cpu')[:2]\n"
+            f"sweeps.run_all(configs, root={str(tmp_path)!r}, workers=2)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=environment(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     kids = _descendants_once(proc, 2)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from paperlib import experiments
+from paperlib import parameters
+from paperlib.figures import registered
 from paperlib.notebooks import FIGURES, NOTEBOOK_DIR, default_parameters, execute_all, select
 
 BY_ID = {f.id: f for f in FIGURES}
@@ -16,29 +17,9 @@ def _parameter_cell(notebook: str) -> dict:
     return default_parameters(notebook)
 
 
-# Mirrors the one paperlib call of each figure notebook (the notebooks themselves are executed
-# at smoke by test_notebooks.py and re-executed by nbval).
-def _configs(notebook: str, p: dict):
-    ov = experiments.overrides
-    if notebook == "fig1":
-        return experiments.fig1_configs(p["PRESET"], seeds=p["SEEDS"],
-                                        gap_batch_sizes=p["GAP_BATCH_SIZES"],
-                                        gap_seeds=p["GAP_SEEDS"],
-                                        **ov(batch_size=p["BATCH_SIZE"], width=p["WIDTH"]))
-    if notebook == "fig3_lsr":
-        return experiments.fig3_configs(p["PRESET"], batch_sizes=p["BATCH_SIZES"] or None,
-                                        seeds=p["SEEDS"],
-                                        **ov(arch=p["ARCH"], norm=p["NORM"], width=p["WIDTH"],
-                                             dataset=p["DATASET"]))
-    if notebook == "fig4_svag":
-        return experiments.fig4_configs(p["PRESET"], ls=p["LS"], seeds=p["SEEDS"],
-                                        panels=[tuple(x) for x in p["PANELS"]] or None,
-                                        **ov(arch=p["ARCH"], norm=p["NORM"], width=p["WIDTH"],
-                                             schedule=p["SCHEDULE"], dataset=p["DATASET"]))
-    if notebook == "sampling":
-        return experiments.sampling_configs(p["PRESET"], samplers=p["SAMPLERS"],
-                                            seeds=p["SEEDS"])
-    return None  # theory notebooks: no training runs
+# paperlib.figures.registered mirrors each notebook's one paperlib call (the notebooks
+# themselves are executed at smoke by test_notebooks.py and re-executed by nbval).
+_configs = registered.configs
 
 
 def test_ids_are_unique_and_main_figures_run_in_place():
@@ -65,6 +46,9 @@ def test_parameters_exist_in_the_notebook_and_their_runs_validate(fig, preset):
     unknown = set(params) - set(defaults)
     assert not unknown, f"{fig.id}: {unknown} are not parameters of {fig.notebook}"
     for k, v in params.items():  # same kind as the default (papermill injects literals)
+        if defaults[k] is None:  # an optional parameter: the notebook's own check decides
+            parameters.check({k: v})
+            continue
         assert isinstance(v, type(defaults[k])) or (
             isinstance(defaults[k], float) and isinstance(v, int)), (fig.id, k, v)
     configs = _configs(fig.notebook, {**defaults, **params})  # raises on a bad value
