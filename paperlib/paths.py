@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED_PRESET = "cpu"  # the preset whose figures, claims and notebooks are committed
+COMMITTED_RUNS = REPO / "data" / "runs"  # the committed store's runs (whatever PAPERLIB_STORE says)
 
 
 def _env_path(name: str) -> Path | None:
