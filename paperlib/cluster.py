@@ -42,6 +42,7 @@ from .config import RunConfig
 from .files import atomic_write_bytes
 from .paths import runs_root
 from .store import load_result, run_id
+from .validate import check_int
 
 EXECUTORS = ("local", "slurm")
 ENV = {  # ClusterOptions field -> environment variable (what `make figures` passes on)
@@ -147,9 +148,7 @@ class ClusterOptions:
                              f"{list(EXECUTORS)}")
         for name, low in (("gpus_per_job", 0), ("array_parallelism", 1), ("nproc_per_run", 1),
                           ("max_requeues", 0), ("time_limit", 1)):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-                raise ValueError(f"{name}={v!r} is not allowed; an integer >= {low}")
+            check_int(name, getattr(self, name), low, allow_none=True)
         if self.executor == "local" and (self.partition or self.slurm_extra):
             raise ValueError(f"partition={self.partition!r} / slurm_extra={self.slurm_extra!r} "
                              "are Slurm options; the local executor does not use them")

@@ -43,6 +43,7 @@ from .lsr import SQRT2, _check_c, simple_noise_scale
 from .models import trained_parameters
 from .nsr import block_summary, direct_nsr_from_norms
 from .steps import Sampling, StepStats, batch_coupled, warn_if_coupled_disjoint
+from .validate import check_int, is_int
 
 __all__ = ["LOG_COLUMNS", "SOURCES", "NoiseMonitor", "estimate_from_norms"]
 
@@ -87,7 +88,7 @@ def estimate_from_norms(sum_sq: float, mean_sq: float, *, sources: int, batch_si
     Raises:
         ValueError: K < 2, B not a multiple of K, or sizes the sampling scheme cannot have.
     """
-    if isinstance(sources, bool) or not isinstance(sources, int) or sources < 2:
+    if not is_int(sources) or sources < 2:
         raise ValueError(f"sources={sources!r}: the k-sample estimator needs K >= 2 gradients "
                          "(micro-batches or ranks) per step")
     if batch_size % sources:
@@ -195,7 +196,7 @@ class NoiseMonitor:
         if accumulation not in ACCUMULATION:
             raise ValueError(f"accumulation={accumulation!r} is not allowed; choose one of "
                              f"{list(ACCUMULATION)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        if not is_int(batch_size) or batch_size < 2:
             raise ValueError(f"batch_size={batch_size!r}: B must be an integer >= 2")
         if not isinstance(sampling, Sampling):
             raise ValueError(f"sampling must be a paperlib.Sampling (how the batches are drawn), "
@@ -209,11 +210,8 @@ class NoiseMonitor:
             raise ValueError(f"source={source!r} needs the model, got {model!r}")
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema={ema!r} is not allowed; the EMA decay must be in [0, 1)")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
-                                   or window < 2):
-            raise ValueError(f"window={window!r}: use an integer >= 2 or None")
-        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
-            raise ValueError(f"blocks={blocks!r}: use an integer >= 0")
+        check_int("window", window, 2, allow_none=True)
+        check_int("blocks", blocks, 0)
         self.C = _check_c(C)
         self.batch_size, self.sampling, self.source = batch_size, sampling, source
         self.accumulation, self.optimizer, self.scaler = accumulation, optimizer, scaler

@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import paths
 from .paths import REPO, committed_outputs, output_root, store_root
 
-NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOK_DIR = paths.NOTEBOOKS
 APPENDIX_DIR = NOTEBOOK_DIR / "appendix"
-FIGURE_DIR = REPO / "figures"
-EXECUTING_DIR = REPO / "build" / "executing"  # notebooks while papermill runs them
+EXECUTING_DIR = paths.BUILD / "executing"  # notebooks while papermill runs them
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def _fmt_params(p: dict) -> str:
 
 def figure_table(preset: str = "cpu", timings: Path | None = None) -> str:
     """The README's table: paper figure → id → notebook → parameters → measured wall time."""
-    path = timings or FIGURE_DIR / "timings.json"
+    path = timings or paths.FIGURES / "timings.json"
     measured = json.loads(path.read_text()).get(preset, {}) if path.exists() else {}
     lines = [f"| paper figure | id (`figures/<id>.*`) | notebook → executed copy | parameters "
              f"at `{preset}` | parameters at `paper` | wall time at `{preset}` (2 cores) |",
@@ -233,7 +233,7 @@ def claims_markdown(fig_dir: Path | None = None) -> str:
     """The README's claims table, from the ``figures/<id>.claims.csv`` the notebooks write."""
     import pandas as pd
 
-    fig_dir = fig_dir or FIGURE_DIR
+    fig_dir = fig_dir or paths.FIGURES
     lines = ["| figure | claim | paper | measured [95 % interval] | threshold | verdict | "
              "seeds / sample | uncertainty |",
              "|---|---|---|---|---|---|---|---|"]
@@ -248,7 +248,7 @@ def claims_markdown(fig_dir: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-README = NOTEBOOK_DIR.parent / "README.md"
+README = paths.README
 
 
 def sync_readme(readme: Path = README, preset: str = "cpu") -> None:
@@ -437,7 +437,7 @@ def record_timing(fig_id: str, preset: str, seconds: float, computed: int, store
     estimate shown while no from-scratch time covers all of them)."""
     from .files import atomic_write_bytes
 
-    path = path or FIGURE_DIR / "timings.json"
+    path = path or paths.FIGURES / "timings.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     entry = data.setdefault(preset, {}).get(fig_id)
     entry = dict(entry) if isinstance(entry, dict) else {}

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from paperlib.constants import SAMPLERS
+from paperlib.validate import check_int
 
 __all__ = [
     "NSRWindow",
@@ -44,14 +45,6 @@ __all__ = [
     "per_example_nsr",
     "sampler_population",
 ]
-
-
-def _check_int(name: str, value: int | None, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be an integer >= {minimum}{extra}, got {value!r}")
 
 
 def sampler_population(sampler: str, n: int) -> int | None:
@@ -73,7 +66,7 @@ def sampler_population(sampler: str, n: int) -> int | None:
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    _check_int("n", n, 2)
+    check_int("n", n, 2)
     return None if sampler == "replacement" else n
 
 
@@ -97,8 +90,8 @@ def noise_trace(trace_sigma1, batch_size: int, n: int | None = None):
         ValueError: if batch_size < 1, n < 2, batch_size > n, or a numeric trace is negative
             or not finite.
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_int("n", n, 2, allow_none=True)
+    check_int("batch_size", batch_size, 1)
+    check_int("n", n, 2, allow_none=True)
     if n is not None and batch_size > n:
         raise ValueError(f"batch_size must be in [1, n={n}], got {batch_size}")
     if not isinstance(trace_sigma1, torch.Tensor):
@@ -112,9 +105,9 @@ def noise_trace(trace_sigma1, batch_size: int, n: int | None = None):
 
 
 def _check_sampling(k: int, b: int, batch_size: int, n: int | None, disjoint: bool) -> None:
-    _check_int("b", b, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("n", n, 2, allow_none=True)
+    check_int("b", b, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("n", n, 2, allow_none=True)
     if n is None:
         return
     if batch_size > n:
@@ -252,7 +245,7 @@ def direct_nsr_from_norms(
     Raises:
         ValueError: k < 2, or the sizes are inconsistent (as :func:`direct_nsr`).
     """
-    _check_int("k", k, 2)
+    check_int("k", k, 2)
     batch_size = b if batch_size is None else batch_size
     _check_sampling(k, b, batch_size, n, disjoint)
     s = torch.as_tensor(sum_sq, dtype=torch.float64)
@@ -341,7 +334,7 @@ def per_example_nsr(
         raise ValueError(f"per_example_grads must be a tensor [..., n, d] with n >= 2, got "
                          f"{shape}")
     n = a.shape[-2]
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     if without_replacement and batch_size > n:
         raise ValueError(f"batch_size must be in [1, n={n}] without replacement, got {batch_size}")
     a = a.to(torch.float64)
@@ -390,7 +383,7 @@ def per_example_grads(
         raise ValueError(
             f"x and y must have the same non-zero length, got {x.shape[0]} and {y.shape[0]}"
         )
-    _check_int("chunk_size", chunk_size, 1, allow_none=True)
+    check_int("chunk_size", chunk_size, 1, allow_none=True)
     if params is None:
         params = {k: v for k, v in model.named_parameters() if v.requires_grad}
     params = {k: v.detach() for k, v in params.items()}

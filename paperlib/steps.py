@@ -35,6 +35,7 @@ from .models import trained_parameters
 from .ngd import gd_weights, ngd_weights, split_chunks
 from .nsr import online_nsr, sampler_population
 from .svag import svag_coefficients, svag_example_weights
+from .validate import is_int
 
 __all__ = [
     "SAMPLING_SCHEMES",
@@ -90,7 +91,7 @@ class Sampling:
             if self.n is not None:
                 raise ValueError(f"n={self.n!r} is not used with 'with_replacement' sampling "
                                  "(the estimator needs no population size); leave it None")
-        elif isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 2:
+        elif not is_int(self.n) or self.n < 2:
             raise ValueError(f"n={self.n!r} is not allowed; {self.scheme!r} sampling needs the "
                              "data set size, an integer >= 2")
 
