@@ -42,7 +42,8 @@ import torch
 from .lsr import SQRT2, _check_c, simple_noise_scale
 from .models import trained_parameters
 from .nsr import block_summary, direct_nsr_from_norms
-from .steps import Sampling, StepStats, batch_coupled, warn_if_coupled_disjoint
+from .sampling import Sampling, batch_coupled, warn_if_coupled_disjoint
+from .stepstats import StepStats
 from .validate import check_int, is_int
 
 __all__ = ["LOG_COLUMNS", "SOURCES", "NoiseMonitor", "estimate_from_norms"]

@@ -34,7 +34,7 @@ from .files import StaleResultError, atomic_write_bytes
 from .lsr import lsr_failure_batch, predict_critical_batch, simple_noise_scale
 from .monitor import NoiseMonitor
 from .paths import store_root
-from .steps import Sampling
+from .sampling import Sampling
 from .store import note_result, training_allowed
 from .validate import check_int
 
