@@ -20,6 +20,7 @@ from pathlib import Path
 from . import paths
 from .notebooks import NOTEBOOK_DIR, claims_markdown, figure_table, select
 from .paths import REPO, committed_outputs, output_root, store_root
+from .validate import check_choice
 
 EXECUTING_DIR = paths.BUILD / "executing"  # notebooks while papermill runs them
 
@@ -47,8 +48,7 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None,
     """
     from .constants import PRESETS
 
-    if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r} is not allowed; choose one of {list(PRESETS)}")
+    check_choice("preset", preset, PRESETS)
     figures = select(only)
     committed = out is None and committed_outputs(preset)
     root = Path(out) if out is not None else output_root(preset)

@@ -36,7 +36,7 @@ from .monitor import NoiseMonitor
 from .paths import store_root
 from .sampling import Sampling
 from .store import note_result, training_allowed
-from .validate import check_int
+from .validate import check_choice, check_int
 
 CACHE_VERSION = 1  # bump when a change alters what a run computes
 
@@ -88,8 +88,7 @@ PRESET_BASE = {
 def sweep_configs(preset: str, batch_sizes=None, base_lr: float | None = None) -> list[MonitorRun]:
     """The LSR sweep: B and η scaled together from the preset's smallest B (η = η₀·B/B₀),
     the same epochs (so κ× fewer steps), k micro-batches per step throughout."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r} is not allowed; choose one of {list(PRESETS)}")
+    check_choice("preset", preset, PRESETS)
     p = PRESET_BASE[preset]
     base = p["base"] if base_lr is None else dataclasses.replace(p["base"], lr=base_lr)
     bs = sorted(batch_sizes or p["batch_sizes"])
