@@ -1,5 +1,5 @@
 """Wall time of ``make figures`` per figure notebook, read from ``figures/timings.json`` (written
-by ``paperlib.notebooks.execute_all``): from an empty store, and the re-plot from the store.
+by ``paperlib.make_figures.execute_all``): from an empty store, and the re-plot from the store.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def rows(path: Path = TIMINGS_JSON) -> list[Row]:
         return [Row(GROUP, "`make figures` wall time", "cpu preset", None, "s",
                     note=f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path} absent")]
     # {preset: {figure id: {wall_s, results_computed, wall_s_with_training}}}, written by
-    # paperlib.notebooks.execute_all (`make figures`).
+    # paperlib.make_figures.execute_all (`make figures`).
     by_preset = json.loads(path.read_text())
     out = []
     for preset_name, entries in sorted(by_preset.items()):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import Bench, Row, interleaved, net_label, paired_ratio
-from paperlib.data.device import NORMALIZATION
+from paperlib.constants import NORMALIZATION
 
 GROUP = "pipeline"  # the rows' name in the table and in --only
 

@@ -26,17 +26,11 @@ __version__ = "0.1.0"
 from .equilibrium import equilibrium_stats  # noqa: E402
 from .lsr import critical_kappa, predict_critical_batch  # noqa: E402
 from .monitor import NoiseMonitor  # noqa: E402
-from .nsr import NSRWindow  # noqa: E402
-from .steps import (  # noqa: E402
-    Sampling,
-    StepStats,
-    gd_step,
-    ngd_step,
-    set_grad,
-    sgd_step,
-    svag_step,
-)
+from .sampling import Sampling  # noqa: E402
+from .steps import gd_step, ngd_step, sgd_step, svag_step  # noqa: E402
+from .stepstats import StepStats, set_grad  # noqa: E402
 from .svag import SVAGSchedule, stretch_schedule, svag_lr, svag_steps  # noqa: E402
+from .windows import NSRWindow  # noqa: E402
 
 __all__ = [
     "NoiseMonitor",

@@ -252,7 +252,7 @@ def _use_executor(a: argparse.Namespace) -> None:
 def cmd_figures(a: argparse.Namespace) -> int:
     from papermill.exceptions import PapermillExecutionError
 
-    from .notebooks import FiguresPendingError, execute_all
+    from .make_figures import FiguresPendingError, execute_all
 
     _use_executor(a)
     _use_store(a.store)

@@ -11,23 +11,25 @@ import functools
 import json
 import math
 import numbers
-import re
 import typing
 from dataclasses import dataclass
 
-from .constants import ALGORITHMS, DATASET_CLASSES, DATASETS, NORMS, PRESETS, SAMPLERS
+from .constants import (
+    ALGORITHMS,
+    DATASET_CLASSES,
+    DATASET_SIZES,
+    DATASETS,
+    NORMS,
+    PRESETS,
+    RESOLUTIONS,
+    SAMPLERS,
+    SCHEDULES,
+    parse_arch,
+)
 from .svag import svag_lr, svag_steps
+from .validate import check_choice, check_number, is_int, is_whole
 
-# Training-set and test-set sizes, used to validate B and N before any data is loaded.
-DATASET_SIZES = {
-    "cifar10": (50_000, 10_000),
-    "cifar100": (50_000, 10_000),
-    "svhn": (73_257, 26_032),
-    "synthetic": (2_000, 1_000),
-}
-SCHEDULES = ("constant", "step", "cosine", "triangle")
 DEVICES = ("auto", "cpu", "cuda")
-_ARCH_RE = re.compile(r"^(preresnet(\d+)|resnet(\d+)|vgg(11|13|16|19)|convnet)$")
 
 
 @dataclass(frozen=True)
@@ -184,8 +186,7 @@ def _as_kind(name: str, value, kind: type, optional: bool):
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if kind is float and real:
         return float(value)
-    if kind is int and real and (isinstance(value, numbers.Integral)
-                                 or (math.isfinite(value) and float(value).is_integer())):
+    if kind is int and (is_int(value) or is_whole(value)):
         return int(value)
     if kind is bool and isinstance(value, bool) or kind is str and isinstance(value, str):
         return value
@@ -196,60 +197,9 @@ def _as_kind(name: str, value, kind: type, optional: bool):
                      + (" or None" if optional else ""))
 
 
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
-
-
-FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
-
-
-def _number(name: str, value: float, low: float | None = None, high: float | None = None, *,
-            low_open: bool = False, high_open: bool = False, what: str = "") -> None:
-    """Refuse a non-finite ``value``, one beyond float32 (training computes in it: 1e308 is
-    finite in Python but overflows there), or one outside [low, high] (ends open as flagged)."""
-    if math.isfinite(value) and abs(value) > FLOAT32_MAX:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a finite float32 number "
-                         f"(|value| ≤ {FLOAT32_MAX:.4g}): training computes in float32")
-    ok = math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if ok:
-        return
-    if low is not None and high is not None:
-        rng = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        rng = f"{'>' if low_open else '≥'} {low:g}"
-    else:
-        rng = f"{'<' if high_open else '≤'} {high:g}"
-    raise ValueError(f"{name}={value!r} is not allowed; {what + ' ' if what else ''}must be a "
-                     f"finite number {rng}")
-
-
-def check_int(name: str, value, minimum: int) -> int:
-    """``value`` as an int when it is an integer ≥ ``minimum`` (a bool is not), else ValueError
-    naming it: the integer counterpart of :func:`check_number` for settings dataclasses."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer ≥ {minimum}")
-    return int(value)
-
-
-# The validators of every settings dataclass (RunConfig here, paperlib.theory's): one copy.
-check_choice, check_number = _choice, _number
-
-
 def validate_arch(arch: str) -> None:
-    m = _ARCH_RE.match(str(arch))
-    depth = None
-    if m and (m.group(2) or m.group(3)):
-        depth = int(m.group(2) or m.group(3))
-    if not m or (depth is not None and (depth < 8 or (depth - 2) % 6)):
-        raise ValueError(
-            f"arch={arch!r} is not allowed; choose preresnet<d> or resnet<d> with d = 6n+2 ≥ 8 "
-            "(e.g. preresnet8, preresnet32, resnet32), vgg11, vgg13, vgg16, vgg19 or convnet"
-        )
+    """ValueError naming ``arch`` unless it is one of the grammar's (``constants.parse_arch``)."""
+    parse_arch(arch)
 
 
 def ignored_fields(c: RunConfig) -> dict[str, str]:
@@ -306,25 +256,25 @@ def refuse_ignored(c: RunConfig, given=None) -> None:
 
 def validate(c: RunConfig) -> None:
     """Raise ValueError naming the first bad field and what is allowed; does no work."""
-    _choice("algo", c.algo, ALGORITHMS)
-    _choice("norm", c.norm, NORMS)
-    _choice("dataset", c.dataset, DATASETS)
-    _choice("sampler", c.sampler, SAMPLERS)
-    _choice("schedule", c.schedule, SCHEDULES)
-    _choice("schedule_unit", c.schedule_unit, ("epoch", "step"))
-    _choice("device", c.device, DEVICES)
+    check_choice("algo", c.algo, ALGORITHMS)
+    check_choice("norm", c.norm, NORMS)
+    check_choice("dataset", c.dataset, DATASETS)
+    check_choice("sampler", c.sampler, SAMPLERS)
+    check_choice("schedule", c.schedule, SCHEDULES)
+    check_choice("schedule_unit", c.schedule_unit, ("epoch", "step"))
+    check_choice("device", c.device, DEVICES)
     validate_arch(c.arch)
-    _number("l", c.l, 1, what="SVAG's l (eq. 5)")
+    check_number("l", c.l, 1, what="SVAG's l (eq. 5)")
     if c.algo == "svag" and c.l != int(c.l):
         raise ValueError(f"l={c.l!r} is not allowed; use an integer l ≥ 1 so l × steps is exact")
-    _number("width", c.width, 0, low_open=True, what="the width factor")
-    _number("lr", c.lr, 0, low_open=True, what="η")
-    _number("wd", c.wd, 0, what="λ")
-    _number("momentum", c.momentum, 0, 1, high_open=True)
-    _number("gamma", c.gamma, 0, what="the step schedule's factor")
-    _number("wd_gamma", c.wd_gamma, 0, what="the weight-decay factor")
-    _number("final_lr_factor", c.final_lr_factor, 0, 1)
-    _number("eval_from", c.eval_from, 0, 1, what="the fraction of training")
+    check_number("width", c.width, 0, low_open=True, what="the width factor")
+    check_number("lr", c.lr, 0, low_open=True, what="η")
+    check_number("wd", c.wd, 0, what="λ")
+    check_number("momentum", c.momentum, 0, 1, high_open=True)
+    check_number("gamma", c.gamma, 0, what="the step schedule's factor")
+    check_number("wd_gamma", c.wd_gamma, 0, what="the weight-decay factor")
+    check_number("final_lr_factor", c.final_lr_factor, 0, 1)
+    check_number("eval_from", c.eval_from, 0, 1, what="the fraction of training")
     n_train = DATASET_SIZES[c.dataset][0]
     n_classes = DATASET_CLASSES[c.dataset]
     if c.subset is not None and not n_classes <= c.subset <= n_train:
@@ -332,8 +282,9 @@ def validate(c: RunConfig) -> None:
             f"subset={c.subset!r} is not allowed; the class-balanced subset needs at least one "
             f"example per class, so N must be in [{n_classes}, {n_train}] for {c.dataset}"
         )
-    if c.resolution not in (1, 2, 4, 8, 16, 32):
-        raise ValueError(f"resolution={c.resolution!r} is not allowed; choose 1, 2, 4, 8, 16 or 32")
+    if c.resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution={c.resolution!r} is not allowed; choose one of "
+                         f"{list(RESOLUTIONS)} (divisors of 32)")
     if not 1 <= c.batch_size <= c.train_size:
         raise ValueError(
             f"batch_size={c.batch_size!r} is not allowed; B must be an integer in "
@@ -356,7 +307,7 @@ def validate(c: RunConfig) -> None:
     if c.steps is not None and c.steps < 1:
         raise ValueError(f"steps={c.steps!r} is not allowed; it must be an integer ≥ 1")
     if c.steps is None:
-        _number("epochs", c.epochs, 0, low_open=True, what="the training length in epochs")
+        check_number("epochs", c.epochs, 0, low_open=True, what="the training length in epochs")
     for name in ("log_every", "eval_every", "nsr_every", "nsr_extra_every", "chunk_size",
                  "checkpoint_every"):
         v = getattr(c, name)
@@ -400,7 +351,7 @@ _PRESET_FIELDS: dict[str, dict] = {
 
 def preset(name: str, **overrides) -> RunConfig:
     """The RunConfig of preset `name` (smoke | cpu | paper) with `overrides` applied."""
-    _choice("preset", name, PRESETS)
+    check_choice("preset", name, PRESETS)
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = set(overrides) - fields
     if unknown:
@@ -411,5 +362,4 @@ def preset(name: str, **overrides) -> RunConfig:
     return RunConfig(**merged)
 
 
-__all__ = ["RunConfig", "preset", "validate", "ignored_fields", "refuse_ignored", "DATASET_SIZES",
-           "SCHEDULES", "check_choice", "check_int", "check_number"]
+__all__ = ["RunConfig", "preset", "validate", "validate_arch", "ignored_fields", "refuse_ignored"]

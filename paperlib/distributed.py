@@ -48,7 +48,8 @@ import torch.distributed as dist
 
 from .monitor import estimate_from_norms
 from .nsr import online_nsr
-from .steps import Sampling, StepStats
+from .sampling import Sampling
+from .stepstats import StepStats
 from .svag import svag_coefficients
 
 __all__ = ["Ranks", "check_supported", "current", "is_writer", "launched", "process_group"]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .config import RunConfig
 from .models import is_scale_invariant
-from .nsr import block_summary
+from .windows import block_summary
 
 __all__ = ["constant_lr_end", "constant_lr_phase", "constant_lr_window", "eq11_applies",
            "eq11_sides", "eq12_sides", "equilibrium_stats", "first_decay_step",
@@ -132,7 +132,7 @@ BLOCKS = 10  # standard errors from this many contiguous block means of the wind
 
 def _window_errors(w: pd.DataFrame) -> dict:
     """Standard errors of the window means of G, N, R and of N/G over ``BLOCKS`` block means
-    of the rows (:func:`paperlib.nsr.block_summary`: consecutive rows are correlated)."""
+    of the rows (:func:`paperlib.windows.block_summary`: consecutive rows are correlated)."""
     R = [r if math.isfinite(r) else None for r in w["R"]] if "R" in w else None
     s = block_summary(list(w["G"]), list(w["N"]), R, blocks=BLOCKS)
     return {"G_se": s["G_se"], "N_se": s["N_se"], "N_over_G_se": s["N_over_G_se"],

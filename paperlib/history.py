@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 if TYPE_CHECKING:
-    from .steps import StepStats
+    from .stepstats import StepStats
 
 __all__ = ["HISTORY_COLUMNS", "INT_COLUMNS", "StepWindow", "history_frame", "history_to_csv",
            "read_history"]

@@ -19,6 +19,8 @@ C ≤ 1 the closeness conditions are degenerate (empty for C < 1) and eq. 14 div
 import math
 from collections.abc import Sequence
 
+from paperlib.validate import as_real, check_int
+
 __all__ = [
     "critical_kappa",
     "lsi_failure_certificate",
@@ -32,26 +34,16 @@ __all__ = [
 SQRT2 = math.sqrt(2.0)
 
 
-def _finite(name: str, value: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a real number, got {value!r}") from exc
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
-
-
 def _check_c(C: float) -> float:
-    c = _finite("C", C)
+    c = as_real("C", C)
     if c <= 1.0:
         raise ValueError(f"C must be > 1 (the paper uses sqrt(2)), got {C!r}")
     return c
 
 
 def _check_gn(G: float, N: float) -> tuple[float, float]:
-    g = _finite("G", G)
-    n = _finite("N", N)
+    g = as_real("G", G)
+    n = as_real("N", N)
     if g <= 0.0:
         raise ValueError(f"G = |grad L|^2 must be > 0, got {G!r}")
     if n < 0.0:
@@ -60,7 +52,7 @@ def _check_gn(G: float, N: float) -> tuple[float, float]:
 
 
 def _check_batch(batch_size: float) -> float:
-    b = _finite("batch_size", batch_size)
+    b = as_real("batch_size", batch_size)
     if b <= 0.0:
         raise ValueError(f"batch_size must be > 0, got {batch_size!r}")
     return b
@@ -156,8 +148,7 @@ def simple_noise_scale(G: float, N: float, batch_size: float, n: int | None = No
     b = _check_batch(batch_size)
     trace1 = b * nn
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-            raise ValueError(f"n must be an integer >= 2 or None, got {n!r}")
+        check_int("n", n, 2, allow_none=True)
         if b >= n:
             raise ValueError(f"batch_size must be < n={n} (at B = n there is no noise to measure), "
                              f"got {batch_size!r}")
@@ -182,7 +173,7 @@ def lsi_threshold(kappa: float, C: float = SQRT2) -> float:
         ValueError: if C ≤ 1, κ ≤ 1, κ ≤ C² (Definition 5.4 needs C < sqrt(κ)), or not finite.
     """
     c = _check_c(C)
-    k = _finite("kappa", kappa)
+    k = as_real("kappa", kappa)
     if k <= 1.0:
         raise ValueError(f"kappa must be > 1, got {kappa!r}")
     if k <= c * c:
@@ -249,10 +240,10 @@ def lsr_failure_batch(
     bs = [_check_batch(b) for b in batch_sizes]
     if any(b2 <= b1 for b1, b2 in zip(bs, bs[1:], strict=False)):
         raise ValueError(f"batch_sizes must be strictly increasing, got {list(batch_sizes)}")
-    errs = [_finite("test error", e) for e in test_errors]
+    errs = [as_real("test error", e) for e in test_errors]
     if any(e < 0.0 for e in errs):
         raise ValueError(f"test errors must be >= 0, got {list(test_errors)}")
-    f = _finite("factor", factor)
+    f = as_real("factor", factor)
     if f < 1.0:
         raise ValueError(f"factor must be >= 1, got {factor!r}")
     best = min(errs)

@@ -22,14 +22,13 @@ linear layer with bias.
 import contextlib
 import copy
 import math
-import numbers
-import re
 
 import torch
 from torch import nn
 
-from paperlib.constants import GROUPNORM_GROUPS, NORMS
+from paperlib.constants import GROUPNORM_GROUPS, NORMS, VGG_NAMES, parse_arch
 from paperlib.seeding import STREAM_INIT, derive_seed
+from paperlib.validate import check_choice, check_int, is_real
 
 # Standard VGG conv lists (Simonyan & Zisserman 2015, configurations A, B, D, E); 'M' = 2x2 pool.
 VGG_CFGS: dict[str, list[int | str]] = {
@@ -49,9 +48,7 @@ VGG_CFGS: dict[str, list[int | str]] = {
 # homogeneous, so scale invariance is unchanged.
 VGG_POOLING = {"convnet": ("max", 2)}
 
-_DEPTH_ARCH = re.compile(r"^(preresnet|resnet)(\d+)$")
-ARCH_HELP = ("'preresnet<depth>' or 'resnet<depth>' with depth = 6n + 2, n >= 1 (e.g. 8, 14, 20, "
-             "32, 56), " + ", ".join(repr(k) for k in VGG_CFGS))
+assert tuple(VGG_CFGS) == VGG_NAMES  # the arch grammar (constants.parse_arch) names them
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -284,22 +281,6 @@ class ResNet(nn.Module):
 # ----------------------------------------------------------------------------- validation
 
 
-def _parse_arch(arch: str) -> tuple[str, int | None]:
-    """(family, blocks per stage n) for depth archs, (cfg name, None) for VGG/convnet."""
-    if not isinstance(arch, str):
-        raise ValueError(f"arch must be a string, got {arch!r}; allowed: {ARCH_HELP}")
-    if arch in VGG_CFGS:
-        return arch, None
-    m = _DEPTH_ARCH.match(arch)
-    if m is None:
-        raise ValueError(f"unknown arch {arch!r}; allowed: {ARCH_HELP}")
-    depth = int(m.group(2))
-    if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"arch {arch!r} has depth {depth}; depth must be 6n + 2 with n >= 1 "
-                         "(8, 14, 20, 26, 32, ..., 56, ...)")
-    return m.group(1), (depth - 2) // 6
-
-
 def _scaled_channels(base: int, width: float, norm: str) -> int:
     c = base * width
     if abs(c - round(c)) > 1e-9 or round(c) < 1:
@@ -317,7 +298,7 @@ def is_scale_invariant(arch: str) -> bool:
 
     By family only: with norm "none" those nets are not invariant.
     """
-    family, _ = _parse_arch(arch)
+    family, _ = parse_arch(arch)
     return family != "resnet"
 
 
@@ -344,17 +325,13 @@ def build_model(arch: str, *, width: float = 1, norm: str = "bn", num_classes: i
     The init is a pure function of ``seed`` (stream ``STREAM_INIT``); the global torch RNG is left
     untouched. Scale-invariant nets have a fixed head (``model.head``, requires_grad False).
     """
-    family, n = _parse_arch(arch)
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; allowed: {NORMS}")
-    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not width > 0 \
-            or not math.isfinite(width):
-        raise ValueError(f"width must be a positive finite number, got {width!r}")
-    for name, v in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    family, n = parse_arch(arch)
+    check_choice("norm", norm, NORMS)
+    if not is_real(width) or not width > 0:
+        raise ValueError(f"width={width!r} is not allowed; width must be a finite number > 0")
+    check_int("num_classes", num_classes, 1)
+    check_int("in_channels", in_channels, 1)
+    check_int("seed", seed, 0)
 
     if n is not None:
         widths = tuple(_scaled_channels(b, width, norm) for b in (16, 32, 64))
@@ -391,9 +368,8 @@ def scale_invariance_error(model: nn.Module, x: torch.Tensor, c: float = 10.0) -
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {type(x).__name__} "
                          f"{getattr(x, 'dtype', '')}")
-    if isinstance(c, bool) or not isinstance(c, numbers.Real) or not c > 0 \
-            or not math.isfinite(c):
-        raise ValueError(f"c must be a positive finite number, got {c!r}")
+    if not is_real(c) or not c > 0:
+        raise ValueError(f"c={c!r} is not allowed; c must be a finite number > 0")
     net = copy.deepcopy(model).to(device=x.device, dtype=x.dtype).train()
     ref = net(x)
     for p in trained_parameters(net):

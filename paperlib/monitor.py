@@ -19,7 +19,7 @@ Where the gradient estimates come from (``source``):
 
 Per step the monitor reports (G, N at the optimizer step's batch size B), and over a sliding
 window their means with standard errors over block means
-(:func:`paperlib.nsr.block_summary`), a bias-corrected EMA,
+(:func:`paperlib.windows.block_summary`), a bias-corrected EMA,
 N/G and G/N with error bars, Thm 5.6's B* = B·C²(1 + N/G) next to McCandlish et al.'s
 B_simple = Tr Σ₁/|∇L|², and whether the LR was constant over the window (the equilibrium
 quantities of Thm 5.6 are means in a constant-LR phase). Rows go to CSV and JSONL files (always,
@@ -39,10 +39,13 @@ from pathlib import Path
 
 import torch
 
+from .grad_taps import GradientTaps
 from .lsr import SQRT2, _check_c, simple_noise_scale
-from .models import trained_parameters
-from .nsr import block_summary, direct_nsr_from_norms
-from .steps import Sampling, StepStats, batch_coupled, warn_if_coupled_disjoint
+from .nsr import direct_nsr_from_norms
+from .sampling import Sampling, batch_coupled, warn_if_coupled_disjoint
+from .stepstats import StepStats
+from .validate import check_int, is_int
+from .windows import block_summary
 
 __all__ = ["LOG_COLUMNS", "SOURCES", "NoiseMonitor", "estimate_from_norms"]
 
@@ -87,7 +90,7 @@ def estimate_from_norms(sum_sq: float, mean_sq: float, *, sources: int, batch_si
     Raises:
         ValueError: K < 2, B not a multiple of K, or sizes the sampling scheme cannot have.
     """
-    if isinstance(sources, bool) or not isinstance(sources, int) or sources < 2:
+    if not is_int(sources) or sources < 2:
         raise ValueError(f"sources={sources!r}: the k-sample estimator needs K >= 2 gradients "
                          "(micro-batches or ranks) per step")
     if batch_size % sources:
@@ -195,7 +198,7 @@ class NoiseMonitor:
         if accumulation not in ACCUMULATION:
             raise ValueError(f"accumulation={accumulation!r} is not allowed; choose one of "
                              f"{list(ACCUMULATION)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        if not is_int(batch_size) or batch_size < 2:
             raise ValueError(f"batch_size={batch_size!r}: B must be an integer >= 2")
         if not isinstance(sampling, Sampling):
             raise ValueError(f"sampling must be a paperlib.Sampling (how the batches are drawn), "
@@ -209,11 +212,8 @@ class NoiseMonitor:
             raise ValueError(f"source={source!r} needs the model, got {model!r}")
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema={ema!r} is not allowed; the EMA decay must be in [0, 1)")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
-                                   or window < 2):
-            raise ValueError(f"window={window!r}: use an integer >= 2 or None")
-        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
-            raise ValueError(f"blocks={blocks!r}: use an integer >= 0")
+        check_int("window", window, 2, allow_none=True)
+        check_int("blocks", blocks, 0)
         self.C = _check_c(C)
         self.batch_size, self.sampling, self.source = batch_size, sampling, source
         self.accumulation, self.optimizer, self.scaler = accumulation, optimizer, scaler
@@ -225,104 +225,36 @@ class NoiseMonitor:
         self.history: list[dict] = []  # one row per measured step
         self._win: deque = deque(maxlen=window)  # (G, N, lr) of the window's steps
         self._ema_g = self._ema_n = 0.0
-        self._paused = False
-        self._handles = []
-        self._rank, self._world = 0, 1
+        self._taps = None  # the hooks that see each micro-batch's gradient (not step_stats)
+        rank = 0
         if source != "step_stats":
             module = model.module if is_ddp else model
-            self.params = trained_parameters(module)
-            if not self.params:
-                raise ValueError("the model has no parameter with requires_grad=True")
-            p0 = self.params[0]
-            self._zero = torch.zeros((), dtype=torch.float64, device=p0.device)
-            self._norms_seen: list[torch.Tensor] = []  # |g_jp| of every (micro-batch, tensor)
-            self._queue: list[torch.Tensor] = []  # gradients of the current micro-batch
-            self._queue_idx: list[int] = []
-            self._queued: set[int] = set()
-            self._counts = [0] * len(self.params)  # backward passes seen per tensor
-            self._acc = None  # the one flat copy Σ_j g_j (source micro_batches only)
-            self._handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self.params)]
+            self._taps = GradientTaps(model, source, accumulation)
+            self.params = self._taps.params
+            rank = self._taps.rank
             if batch_coupled(module):
                 warn_if_coupled_disjoint(sampling)
-            if source == "ranks":
-                import torch.distributed as dist
-
-                self._rank, self._world = dist.get_rank(), dist.get_world_size()
-                self._mean_sq = self._zero.clone()
-                model.register_comm_hook(None, self._allreduce_hook)
         self.logs = (_Logs(Path(log_dir), tensorboard, name)
-                     if log_dir is not None and self._rank == 0 else None)
-
-    # --- gradients seen by the hooks -------------------------------------------------------------
-
-    def _hook(self, i: int):
-        """The hook of parameter i: sees its gradient from each backward pass (one micro-batch)
-        before it is added to ``p.grad`` and only queues it; :meth:`_flush` then takes the
-        float64 norms and adds the gradients into the flat copy with one ``torch._foreach_*``
-        call each (per-tensor torch ops cost a fixed ~1.5 ms per step on small nets). A tensor
-        seen twice marks the next micro-batch. Σ_j |g_j|² = Σ_(j,p) |g_jp|², so no pass needs
-        to know where a backward ends."""
-        def hook(g: torch.Tensor) -> None:
-            if self._paused:
-                return
-            if i in self._queued:
-                self._flush()
-            self._queued.add(i)
-            self._queue_idx.append(i)
-            self._queue.append(g)
-            self._counts[i] += 1
-
-        return hook
-
-    def _flush(self) -> None:
-        """Norms and flat-copy sums of the queued gradients (one micro-batch's)."""
-        if not self._queue:
-            return
-        self._norms_seen.extend(torch._foreach_norm(self._queue, 2, dtype=torch.float64))
-        if self.source == "micro_batches":
-            if self._acc is None:
-                d = sum(p.numel() for p in self.params)
-                dtype = torch.promote_types(self._queue[0].dtype, torch.float32)
-                self._acc = torch.zeros(d, dtype=dtype, device=self._queue[0].device)
-                self._views, offset = [], 0
-                for p in self.params:
-                    self._views.append(self._acc[offset:offset + p.numel()].view_as(p))
-                    offset += p.numel()
-            torch._foreach_add_([self._views[i] for i in self._queue_idx], self._queue)
-        self._queue, self._queue_idx, self._queued = [], [], set()
-
-    def _allreduce_hook(self, _state, bucket):
-        """DDP's default all-reduce (mean over ranks) that also adds |all-reduced bucket|²."""
-        import torch.distributed as dist
-
-        tensor = bucket.buffer()
-        tensor.div_(self._world)
-        fut = dist.all_reduce(tensor, async_op=True).get_future()
-
-        def done(f):
-            out = f.value()[0]
-            if not self._paused:
-                self._mean_sq += torch.linalg.vector_norm(out, dtype=torch.float64).square()
-            return out
-
-        return fut.then(done)
+                     if log_dir is not None and rank == 0 else None)
 
     @contextlib.contextmanager
     def paused(self):
         """Backward passes inside this block are not micro-batches of the step (e.g. a
         gradient penalty or an evaluation that differentiates)."""
-        self._paused = True
+        if self._taps is None:
+            yield
+            return
+        self._taps.paused = True
         try:
             yield
         finally:
-            self._paused = False
+            self._taps.paused = False
 
     def remove(self) -> None:
         """Detach the parameter hook and close the log files (the DDP hook stays registered:
         torch cannot unregister one; it keeps doing DDP's plain all-reduce)."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        if self._taps is not None:
+            self._taps.remove()
         if self.logs is not None:
             self.logs.close()
             self.logs = None
@@ -335,40 +267,6 @@ class NoiseMonitor:
         if self.scaler is not None and self.scaler.is_enabled():
             return float(self.scaler.get_scale())
         return 1.0
-
-    def _norms(self, scale: float) -> tuple[float, float, int, str | None]:
-        """(Σ_j |g_j|², |ḡ|², K) in gradient units, or a reason to skip the step."""
-        self._flush()
-        k_local = max(self._counts)  # micro-batches: every tensor a micro-batch reaches
-        sum_sq = (torch.stack(self._norms_seen).square().sum() if self._norms_seen
-                  else self._zero.clone())
-        if self.source == "ranks":
-            import torch.distributed as dist
-
-            t = torch.stack([sum_sq, self._zero + k_local])
-            dist.all_reduce(t)  # the only extra communication: two scalars
-            sum_sq, k_total = float(t[0]), int(round(float(t[1])))
-            mean_sq = float(self._mean_sq)
-            self._mean_sq = self._zero.clone()
-            unequal = k_total != k_local * self._world
-        else:
-            sum_sq, k_total, unequal = float(sum_sq), k_local, False
-            mean_sq = (float(torch.linalg.vector_norm(self._acc, dtype=torch.float64).square())
-                       if self._acc is not None else 0.0)
-            if self._acc is not None:
-                self._acc.zero_()
-        self._norms_seen, self._counts = [], [0] * len(self.params)
-        if unequal:
-            return 0.0, 0.0, 0, "ranks ran different numbers of micro-batches"
-        if k_total == 0:
-            return 0.0, 0.0, 0, "no backward pass since the last step"
-        # Each backward delivered s·w·g_j: s the loss scale, w = 1/k ("mean") or 1 ("sum").
-        # The accumulated (one process) or all-reduced (DDP: the mean over ranks of each rank's
-        # Σ_j s·w·g_rj) gradient is s·w·k·ḡ, with ḡ the mean over all K = k·R sources.
-        w = 1.0 / k_local if self.accumulation == "mean" else 1.0
-        sum_sq /= (scale * w) ** 2
-        mean_sq /= (scale * w * k_local) ** 2
-        return sum_sq, mean_sq, k_total, None
 
     def step(self, lr: float | None = None, *, scale: float | None = None,
              stats: StepStats | None = None, examples: int | None = None) -> dict | None:
@@ -413,7 +311,7 @@ class NoiseMonitor:
                 raise ValueError(f"stats= is for source='step_stats'; this monitor measures "
                                  f"{self.source!r} itself")
             s = self._scale(scale)
-            sum_sq, grad_sq, K, reason = self._norms(s)
+            sum_sq, grad_sq, K, reason = self._taps.norms(s)
             if reason is None and not (math.isfinite(sum_sq) and math.isfinite(grad_sq)):
                 reason = "non-finite gradients (mixed-precision overflow)"
             if reason is None and K < 2:

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -29,15 +28,15 @@ import torch
 
 from . import __version__
 from .claims import Claim, Interval, check
-from .config import DATASET_SIZES
-from .constants import PRESETS
+from .constants import DATASET_SIZES, PRESETS
 from .equilibrium import equilibrium_stats
 from .files import StaleResultError, atomic_write_bytes
 from .lsr import lsr_failure_batch, predict_critical_batch, simple_noise_scale
 from .monitor import NoiseMonitor
 from .paths import store_root
-from .steps import Sampling
-from .store import note_result
+from .sampling import Sampling
+from .store import note_result, training_allowed
+from .validate import check_choice, check_int
 
 CACHE_VERSION = 1  # bump when a change alters what a run computes
 
@@ -62,9 +61,7 @@ class MonitorRun:
     def __post_init__(self):
         for name in ("subset", "resolution", "width", "depth", "batch_size", "micro_batches",
                      "epochs", "decay_epoch"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r}: must be an integer >= 1")
+            check_int(name, getattr(self, name), 1)
         if self.batch_size % self.micro_batches or self.micro_batches < 2:
             raise ValueError(f"batch_size={self.batch_size} must split into micro_batches="
                              f"{self.micro_batches} >= 2 equal parts")
@@ -91,8 +88,7 @@ PRESET_BASE = {
 def sweep_configs(preset: str, batch_sizes=None, base_lr: float | None = None) -> list[MonitorRun]:
     """The LSR sweep: B and η scaled together from the preset's smallest B (η = η₀·B/B₀),
     the same epochs (so κ× fewer steps), k micro-batches per step throughout."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r} is not allowed; choose one of {list(PRESETS)}")
+    check_choice("preset", preset, PRESETS)
     p = PRESET_BASE[preset]
     base = p["base"] if base_lr is None else dataclasses.replace(p["base"], lr=base_lr)
     bs = sorted(batch_sizes or p["batch_sizes"])
@@ -179,7 +175,7 @@ def _run_one(cfg: MonitorRun, root, cache: bool) -> tuple[pd.DataFrame, dict]:
     if cache and csv_path.exists() and json_path.exists():
         note_result("monitor", csv_path.stem, "stored")
         return pd.read_csv(csv_path), json.loads(json_path.read_text())
-    if cache and os.environ.get("PAPERLIB_NO_TRAIN", "") not in ("", "0"):
+    if cache and not training_allowed():
         raise StaleResultError(f"monitor run {csv_path} is missing or stale (PAPERLIB_NO_TRAIN "
                                "is set); regenerate it by running notebooks/noise_monitor.ipynb")
     t0 = time.time()

@@ -32,13 +32,9 @@ import math
 
 import torch
 
+from paperlib.validate import check_int
+
 __all__ = ["gd_weights", "ngd_weights", "split_chunks"]
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_float_dtype(dtype: torch.dtype) -> None:
@@ -83,8 +79,8 @@ def ngd_weights(
         ValueError: if n < 2, batch_size < 1, batch_size > n with ``finite_population``, or
             ``dtype`` is not floating.
     """
-    _check_int("n", n, 2)
-    _check_int("batch_size", batch_size, 1)
+    check_int("n", n, 2)
+    check_int("batch_size", batch_size, 1)
     _check_float_dtype(dtype)
     scale = 1.0 / math.sqrt(n * batch_size)
     if finite_population:
@@ -116,7 +112,7 @@ def gd_weights(
     Raises:
         ValueError: if n < 1 or ``dtype`` is not floating.
     """
-    _check_int("n", n, 1)
+    check_int("n", n, 1)
     _check_float_dtype(dtype)
     return torch.full((n,), 1.0 / n, dtype=dtype, device=device)
 
@@ -137,6 +133,6 @@ def split_chunks(n: int, chunk_size: int) -> list[slice]:
     Raises:
         ValueError: if n < 0 or chunk_size < 1.
     """
-    _check_int("n", n, 0)
-    _check_int("chunk_size", chunk_size, 1)
+    check_int("n", n, 0)
+    check_int("chunk_size", chunk_size, 1)
     return [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]

@@ -6,7 +6,7 @@ Definitions (Definition 5.1 and Sec. 5.2): at a point x with full-batch gradient
 
 and the noise-to-signal ratio is N/G. The theory (Thms 5.2, 5.5, 5.6) uses their equilibrium
 means G_∞, N_∞, R_∞, estimated by averaging per-step estimates over a window of steps
-(:class:`NSRWindow`).
+(:class:`paperlib.windows.NSRWindow`, :func:`paperlib.windows.block_summary`).
 
 Finite-population facts used throughout. Let the training set have n examples with per-example
 gradients a_i, mean ∇L and population covariance Σ₁ = (1/n) Σ_i (a_i − ∇L)(a_i − ∇L)ᵀ (1/n
@@ -32,10 +32,9 @@ from collections.abc import Callable, Mapping
 import torch
 
 from paperlib.constants import SAMPLERS
+from paperlib.validate import check_int
 
 __all__ = [
-    "NSRWindow",
-    "block_summary",
     "direct_nsr",
     "direct_nsr_from_norms",
     "noise_trace",
@@ -44,14 +43,6 @@ __all__ = [
     "per_example_nsr",
     "sampler_population",
 ]
-
-
-def _check_int(name: str, value: int | None, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be an integer >= {minimum}{extra}, got {value!r}")
 
 
 def sampler_population(sampler: str, n: int) -> int | None:
@@ -73,7 +64,7 @@ def sampler_population(sampler: str, n: int) -> int | None:
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    _check_int("n", n, 2)
+    check_int("n", n, 2)
     return None if sampler == "replacement" else n
 
 
@@ -97,8 +88,8 @@ def noise_trace(trace_sigma1, batch_size: int, n: int | None = None):
         ValueError: if batch_size < 1, n < 2, batch_size > n, or a numeric trace is negative
             or not finite.
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_int("n", n, 2, allow_none=True)
+    check_int("batch_size", batch_size, 1)
+    check_int("n", n, 2, allow_none=True)
     if n is not None and batch_size > n:
         raise ValueError(f"batch_size must be in [1, n={n}], got {batch_size}")
     if not isinstance(trace_sigma1, torch.Tensor):
@@ -112,9 +103,9 @@ def noise_trace(trace_sigma1, batch_size: int, n: int | None = None):
 
 
 def _check_sampling(k: int, b: int, batch_size: int, n: int | None, disjoint: bool) -> None:
-    _check_int("b", b, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("n", n, 2, allow_none=True)
+    check_int("b", b, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("n", n, 2, allow_none=True)
     if n is None:
         return
     if batch_size > n:
@@ -252,7 +243,7 @@ def direct_nsr_from_norms(
     Raises:
         ValueError: k < 2, or the sizes are inconsistent (as :func:`direct_nsr`).
     """
-    _check_int("k", k, 2)
+    check_int("k", k, 2)
     batch_size = b if batch_size is None else batch_size
     _check_sampling(k, b, batch_size, n, disjoint)
     s = torch.as_tensor(sum_sq, dtype=torch.float64)
@@ -287,7 +278,8 @@ def online_nsr(
       Tr Σ̂₁ = |g1 − g2|²/2 · b(n − 1)/(n − b), Ĝ = ⟨g1,g2⟩, N̂ = noise_trace(Tr Σ̂₁, B, n).
 
     Both estimates are unbiased but very noisy for one step; average them over a window of steps
-    (:class:`NSRWindow`). Ĝ can be negative.
+    (:class:`paperlib.windows.NSRWindow`, :func:`paperlib.windows.block_summary`). Ĝ can be
+    negative.
 
     Args:
         g1, g2: flattened gradients ``[..., d]`` of the same shape (leading dims = replicates).
@@ -341,7 +333,7 @@ def per_example_nsr(
         raise ValueError(f"per_example_grads must be a tensor [..., n, d] with n >= 2, got "
                          f"{shape}")
     n = a.shape[-2]
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     if without_replacement and batch_size > n:
         raise ValueError(f"batch_size must be in [1, n={n}] without replacement, got {batch_size}")
     a = a.to(torch.float64)
@@ -390,7 +382,7 @@ def per_example_grads(
         raise ValueError(
             f"x and y must have the same non-zero length, got {x.shape[0]} and {y.shape[0]}"
         )
-    _check_int("chunk_size", chunk_size, 1, allow_none=True)
+    check_int("chunk_size", chunk_size, 1, allow_none=True)
     if params is None:
         params = {k: v for k, v in model.named_parameters() if v.requires_grad}
     params = {k: v.detach() for k, v in params.items()}
@@ -405,138 +397,3 @@ def per_example_grads(
     grads = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, x, y)
     n = x.shape[0]
     return torch.cat([grads[k].reshape(n, -1) for k in params], dim=1)
-
-
-class NSRWindow:
-    """Accumulates per-step (Ĝ, N̂, R) over a window of steps: means and standard errors.
-
-    The equilibrium quantities G_∞, N_∞, R_∞ of Definition 5.1 are means over the stationary
-    distribution; the paper estimates them late in the constant-LR phase (Fig 3: the authors
-    average epochs 200-250). Feed one estimate per step (e.g. from :func:`online_nsr`, with
-    R = |x|²) and read :meth:`summary`. Welford updates in float64, O(1) memory.
-
-    Standard errors are sample std / sqrt(count), i.e. they assume independent steps; consecutive
-    SGD steps are autocorrelated, so treat them as a lower bound (thin the steps, or use batch
-    means over sub-windows, for honest error bars). The ratio ``N_over_G`` = mean N / mean G is a
-    ratio of means (single-step Ĝ can be ≤ 0); ``N_over_G_se`` is its delta-method standard
-    error.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything."""
-        self.count = 0
-        self.r_count = 0
-        self._mean_g = 0.0
-        self._mean_n = 0.0
-        self._m2_g = 0.0
-        self._m2_n = 0.0
-        self._c_gn = 0.0
-        self._mean_r = 0.0
-        self._m2_r = 0.0
-
-    def add(self, g_hat, n_hat, r=None) -> None:
-        """Add one step's estimates.
-
-        Args:
-            g_hat: Ĝ (number or 0-d tensor; may be negative).
-            n_hat: N̂ (number or 0-d tensor).
-            r: |x|² (optional; number or 0-d tensor, ≥ 0).
-
-        Raises:
-            ValueError: if a value is not finite, or r < 0.
-        """
-        g, nn = float(g_hat), float(n_hat)
-        if not (math.isfinite(g) and math.isfinite(nn)):
-            raise ValueError(f"g_hat and n_hat must be finite, got {g!r}, {nn!r}")
-        rr = None
-        if r is not None:
-            rr = float(r)
-            if not math.isfinite(rr) or rr < 0.0:
-                raise ValueError(f"r must be a finite number >= 0, got {rr!r}")
-        self.count += 1
-        dg = g - self._mean_g
-        dn = nn - self._mean_n
-        self._mean_g += dg / self.count
-        self._mean_n += dn / self.count
-        self._m2_g += dg * (g - self._mean_g)
-        self._m2_n += dn * (nn - self._mean_n)
-        self._c_gn += dg * (nn - self._mean_n)
-        if rr is not None:
-            self.r_count += 1
-            dr = rr - self._mean_r
-            self._mean_r += dr / self.r_count
-            self._m2_r += dr * (rr - self._mean_r)
-
-    def summary(self) -> dict[str, float]:
-        """Means, standard errors and the ratio over the window.
-
-        Returns:
-            dict with keys ``count``, ``G``, ``N``, ``R``, ``G_se``, ``N_se``, ``R_se``,
-            ``N_over_G``, ``N_over_G_se`` (NaN where undefined: no data, fewer than 2 steps for
-            an SE, no R given, or mean G ≤ 0 for the ratio). An empty window gives count 0 and NaNs.
-        """
-        nan = float("nan")
-        c, rc = self.count, self.r_count
-
-        def se(m2: float, k: int) -> float:
-            return math.sqrt(m2 / (k - 1) / k) if k >= 2 else nan
-
-        out = {
-            "count": float(c),
-            "G": self._mean_g if c else nan,
-            "N": self._mean_n if c else nan,
-            "R": self._mean_r if rc else nan,
-            "G_se": se(self._m2_g, c),
-            "N_se": se(self._m2_n, c),
-            "R_se": se(self._m2_r, rc),
-            "N_over_G": nan,
-            "N_over_G_se": nan,
-        }
-        if c and self._mean_g > 0.0:
-            ratio = self._mean_n / self._mean_g
-            out["N_over_G"] = ratio
-            if c >= 2:
-                var_g = self._m2_g / (c - 1) / c
-                var_n = self._m2_n / (c - 1) / c
-                cov = self._c_gn / (c - 1) / c
-                var_ratio = (var_n - 2 * ratio * cov + ratio**2 * var_g) / self._mean_g**2
-                out["N_over_G_se"] = math.sqrt(max(var_ratio, 0.0))
-        return out
-
-
-def block_summary(G, N, R=None, blocks: int = 10) -> dict[str, float]:
-    """:meth:`NSRWindow.summary` of a window of per-step (or per-row) estimates, with standard
-    errors over ``blocks`` contiguous block means instead of single values: consecutive steps
-    are correlated, so per-step standard errors are too small. The blocks hold equal numbers of
-    values (the oldest remainder is left out of the errors, not of the means); with fewer than
-    2 values per block the errors are per value.
-
-    Args:
-        G, N: sequences of per-step Ĝ and N̂ (finite), equal length.
-        R: an optional sequence of |x|² of the same length.
-        blocks: number of blocks (0: per-value errors).
-
-    Returns:
-        the :meth:`NSRWindow.summary` dict (means over all values) plus ``se_from``
-        ("blocks" or "values").
-    """
-    R = [None] * len(G) if R is None else list(R)
-    full = NSRWindow()
-    for g, n, r in zip(G, N, R, strict=True):
-        full.add(g, n, r)
-    out = {**full.summary(), "se_from": "values"}
-    per = len(G) // blocks if blocks else 0
-    if per >= 2:
-        start = len(G) - per * blocks
-        bw = NSRWindow()
-        for i in range(start, len(G), per):
-            rs = R[i:i + per]
-            bw.add(sum(G[i:i + per]) / per, sum(N[i:i + per]) / per,
-                   None if any(r is None for r in rs) else sum(rs) / per)
-        b = bw.summary()
-        out.update({k: b[k] for k in ("G_se", "N_se", "R_se", "N_over_G_se")},
-                   se_from="blocks")
-    return out

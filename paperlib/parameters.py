@@ -7,26 +7,17 @@ allows. Each notebook's first code cell runs ``globals().update(parameters.check
 
 from __future__ import annotations
 
-import math
-import numbers
 import re
 from collections.abc import Callable
 
 import yaml
 
-from .config import SCHEDULES, validate_arch
-from .constants import DATASETS, NORMS, PRESETS, SAMPLERS
-from .paths import REPO, in_repo, output_root, runs_root, store_root
+from .config import validate_arch
+from .constants import DATASETS, NORMS, PRESETS, SAMPLERS, SCHEDULES
+from .paths import build_root, in_repo, output_root, runs_root, store_root
+from .validate import is_real, is_whole
 
 _FIG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(v) -> bool:
-    return _real(v) and float(v).is_integer()
 
 
 def _as_list(v):
@@ -56,25 +47,25 @@ def _arch_ok(v) -> bool:
 
 
 def _panels_ok(v) -> bool:
-    return all(isinstance(p, list) and len(p) == 2 and _int(p[0]) and p[0] >= 1 and _real(p[1])
-               and p[1] > 0 for p in v)
+    return all(isinstance(p, list) and len(p) == 2 and is_whole(p[0]) and p[0] >= 1
+               and is_real(p[1]) and p[1] > 0 for p in v)
 
 
 # name: (kind, check, what is allowed). Kinds: "str", "int", "float", "list".
 # OPTIONAL parameters also take None: "the preset's value" (never 0 or "", which are values).
 RULES: dict[str, tuple[str, Callable, str]] = {
     "PRESET": ("str", lambda v: v in PRESETS, f"one of {list(PRESETS)}"),
-    "SEEDS": ("list", lambda v: v and all(_int(s) and s >= 0 for s in v),
+    "SEEDS": ("list", lambda v: v and all(is_whole(s) and s >= 0 for s in v),
               'a non-empty list of integers ≥ 0, e.g. -p SEEDS "[0, 1]"'),
-    "GAP_SEEDS": ("list", lambda v: all(_int(s) and s >= 0 for s in v),
+    "GAP_SEEDS": ("list", lambda v: all(is_whole(s) and s >= 0 for s in v),
                   'a list of integers ≥ 0, e.g. -p GAP_SEEDS "[0, 1]"'),
     "BATCH_SIZE": ("int", lambda v: v >= 1, "an integer ≥ 1, or None for the preset's"),
-    "BATCH_SIZES": ("list", lambda v: all(_int(b) and b >= 1 for b in v),
+    "BATCH_SIZES": ("list", lambda v: all(is_whole(b) and b >= 1 for b in v),
                     'a list of batch sizes ≥ 1 ([] for the preset\'s), e.g. "[16, 64, 256]"'),
-    "GAP_BATCH_SIZES": ("list", lambda v: all(_int(b) and b >= 1 for b in v),
+    "GAP_BATCH_SIZES": ("list", lambda v: all(is_whole(b) and b >= 1 for b in v),
                         'a list of batch sizes ≥ 1, e.g. "[16, 64]"'),
     "WIDTH": ("float", lambda v: v > 0, "a width factor > 0, or None for the preset's"),
-    "LS": ("list", lambda v: v and all(_int(x) and x >= 1 for x in v),
+    "LS": ("list", lambda v: v and all(is_whole(x) and x >= 1 for x in v),
            'a non-empty list of integers l ≥ 1 (SVAG, eq. 5), e.g. "[1, 2, 4, 8]"'),
     "PANELS": ("list", _panels_ok,
                'a list of [B, η] pairs with B ≥ 1 and η > 0 ([] for the preset\'s), e.g. '
@@ -106,10 +97,10 @@ def _convert(kind: str, v):
     if kind == "list":
         return _as_list(v)
     if kind == "str":
-        return str(v) if _real(v) else v if isinstance(v, str) else None
+        return str(v) if is_real(v) else v if isinstance(v, str) else None
     if kind == "int":
-        return int(v) if _int(v) else None
-    return float(v) if _real(v) else None  # float
+        return int(v) if is_whole(v) else None
+    return float(v) if is_real(v) else None  # float
 
 
 def check(values: dict) -> dict:
@@ -161,4 +152,4 @@ def _figures_dir(p: dict):
     same = registered is not None and default_runs and all(
         p[k] == _convert(RULES[k][0], v) for k, v in registered.items()
         if k in p and k not in _SETTINGS_ONLY)
-    return (output_root(preset) if same else REPO / "build" / preset) / "figures"
+    return (output_root(preset) if same else build_root(preset)) / "figures"

@@ -19,7 +19,11 @@ types; relative output locations given to a notebook resolve against the reposit
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent  # the one place that locates the repository
+NOTEBOOKS = REPO / "notebooks"  # the figure notebooks (appendix/ below), as committed
+FIGURES = REPO / "figures"  # the committed figures, claims tables and timings.json
+BUILD = REPO / "build"  # gitignored: other presets' stores and outputs, notebooks in flight
+README = REPO / "README.md"
 COMMITTED_PRESET = "cpu"  # the preset whose figures, claims and notebooks are committed
 COMMITTED_RUNS = REPO / "data" / "runs"  # the committed store's runs (whatever PAPERLIB_STORE says)
 
@@ -42,7 +46,7 @@ def store_root(preset: str | None = None) -> Path:
         return env
     if preset is None or preset == COMMITTED_PRESET:
         return REPO / "data"
-    return REPO / "build" / preset / "store"
+    return build_root(preset) / "store"
 
 
 def runs_root(preset: str | None = None) -> Path:
@@ -65,7 +69,12 @@ def committed_outputs(preset: str) -> bool:
 
 def output_root(preset: str) -> Path:
     """``<repo>`` for the committed outputs, else ``<repo>/build/<preset>``."""
-    return REPO if committed_outputs(preset) else REPO / "build" / preset
+    return REPO if committed_outputs(preset) else build_root(preset)
+
+
+def build_root(preset: str) -> Path:
+    """``<repo>/build/<preset>``: where a preset's results and outputs go when not committed."""
+    return BUILD / preset
 
 
 def in_repo(path: str | os.PathLike) -> Path:

@@ -11,8 +11,8 @@ import math
 import os
 import time
 
-from .config import DATASET_SIZES, RunConfig
-from .constants import DATASET_CLASSES
+from .config import RunConfig
+from .constants import DATASET_CLASSES, DATASET_SIZES
 
 LONG_HOURS = 3.0  # unattended work above this needs an explicit go-ahead
 ALLOW_ENV = "PAPERLIB_ALLOW_LONG"  # 1: go ahead whatever the estimate

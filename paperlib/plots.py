@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
+from . import paths
 
 
 def paper_style() -> None:
@@ -24,13 +24,13 @@ def paper_style() -> None:
 
 def save_figure(fig, fig_id: str, fig_dir: str | Path | None = None) -> list[Path]:
     """Write ``<fig_dir>/<fig_id>.pdf`` and ``.png`` (fig_dir defaults to the repo's figures/)."""
-    out = Path(fig_dir) if fig_dir else FIGURES_DIR
+    out = Path(fig_dir) if fig_dir else paths.FIGURES
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{fig_id}.pdf", out / f"{fig_id}.png"]
+    files = [out / f"{fig_id}.pdf", out / f"{fig_id}.png"]
     # Fixed metadata keeps the files byte-stable across reruns with the same data.
-    fig.savefig(paths[0], metadata={"CreationDate": None, "ModDate": None, "Producer": None})
-    fig.savefig(paths[1], dpi=150, metadata={"Software": None})
-    return paths
+    fig.savefig(files[0], metadata={"CreationDate": None, "ModDate": None, "Producer": None})
+    fig.savefig(files[1], dpi=150, metadata={"Software": None})
+    return files
 
 
 STYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]

@@ -25,6 +25,7 @@ from .history import read_history
 from .lsr import critical_kappa, predict_critical_batch, predict_critical_batch_approx
 from .models import is_scale_invariant
 from .store import load_manifest
+from .validate import is_int
 
 RELAX_STEPS = 2.0  # the constant-LR phase must last ≥ RELAX_STEPS / (ηλ) steps
 MAX_DRIFT = 0.05  # |ΔR| / R over the window (the figures' eq. 11 claims use the same bound)
@@ -99,7 +100,7 @@ def predict_from_csv(path: Path, batch_size: int, l: float = 1.0, C: float = 2 *
     """The lines ``predict-lsr`` prints for a CSV log of one's own training (columns
     ``effective_step`` or ``step``, ``lr``, ``G``, ``N``; ``wd`` and ``R`` optional): the window
     is the second half of the longest stretch of equal logged LR, or ``window``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"--batch-size={batch_size!r}: a CSV log needs the run's batch size B, "
                          "an integer >= 1")
     try:

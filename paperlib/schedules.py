@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from paperlib.validate import as_real, check_int
+
 __all__ = [
     "KINDS",
     "UNITS",
@@ -42,16 +44,6 @@ __all__ = [
 
 KINDS = ("constant", "step", "cosine", "piecewise_linear", "triangle")
 UNITS = ("epoch", "step")
-
-
-def _finite(name: str, value: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a real number, got {value!r}") from exc
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
 
 
 def base_time(
@@ -75,23 +67,15 @@ def base_time(
         ValueError: if step < 0, l < 1, unit is unknown, or steps_per_epoch is missing/invalid
             for ``unit="epoch"``.
     """
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be an integer >= 0, got {step!r}")
-    lf = _finite("l", l)
+    check_int("step", step, 0)
+    lf = as_real("l", l)
     if lf < 1.0:
         raise ValueError(f"l must be >= 1, got {l!r}")
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     if unit == "step":
         return step / lf
-    if (
-        isinstance(steps_per_epoch, bool)
-        or not isinstance(steps_per_epoch, int)
-        or steps_per_epoch < 1
-    ):
-        raise ValueError(
-            f"steps_per_epoch must be an integer >= 1 for unit='epoch', got {steps_per_epoch!r}"
-        )
+    check_int("steps_per_epoch", steps_per_epoch, 1)  # unit="epoch" needs it
     return (step / lf) / steps_per_epoch  # (k / l) / S: the base step, then its epoch
 
 
@@ -136,7 +120,7 @@ class Schedule:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
-        res = _finite("resolution", self.resolution)
+        res = as_real("resolution", self.resolution)
         if res < 0.0:
             raise ValueError(f"resolution must be >= 0, got {self.resolution!r}")
         object.__setattr__(self, "resolution", res)
@@ -160,15 +144,15 @@ class Schedule:
             self._validate_knots()
 
     def _validate_step(self) -> None:
-        ms = tuple(_finite("milestone", m) for m in self.milestones)
+        ms = tuple(as_real("milestone", m) for m in self.milestones)
         if any(m < 0.0 for m in ms):
             raise ValueError(f"milestones must be >= 0, got {self.milestones!r}")
         if any(b <= a for a, b in zip(ms, ms[1:], strict=False)):
             raise ValueError(f"milestones must be strictly increasing, got {self.milestones!r}")
-        gamma = _finite("gamma", self.gamma)
+        gamma = as_real("gamma", self.gamma)
         if gamma < 0.0:
             raise ValueError(f"gamma must be >= 0, got {self.gamma!r}")
-        fs = tuple(_finite("factor", f) for f in self.factors)
+        fs = tuple(as_real("factor", f) for f in self.factors)
         if fs and len(fs) != len(ms):
             raise ValueError(
                 f"factors must have one entry per milestone ({len(ms)}), got {len(fs)}"
@@ -182,10 +166,10 @@ class Schedule:
     def _validate_cosine(self) -> None:
         if self.total is None:
             raise ValueError("kind='cosine' needs total > 0, got None")
-        total = _finite("total", self.total)
+        total = as_real("total", self.total)
         if total <= 0.0:
             raise ValueError(f"total must be > 0, got {self.total!r}")
-        m = _finite("min_factor", self.min_factor)
+        m = as_real("min_factor", self.min_factor)
         if m < 0.0:
             raise ValueError(f"min_factor must be >= 0, got {self.min_factor!r}")
         object.__setattr__(self, "total", total)
@@ -198,7 +182,7 @@ class Schedule:
         for knot in self.knots:
             if len(knot) != 2:
                 raise ValueError(f"each knot must be a pair (t, f), got {knot!r}")
-            t, f = _finite("knot t", knot[0]), _finite("knot f", knot[1])
+            t, f = as_real("knot t", knot[0]), as_real("knot f", knot[1])
             if t < 0.0 or f < 0.0:
                 raise ValueError(f"knot times and factors must be >= 0, got {knot!r}")
             knots.append((t, f))
@@ -219,7 +203,7 @@ class Schedule:
         Raises:
             ValueError: if t is negative or not finite.
         """
-        t = _finite("t", t)
+        t = as_real("t", t)
         if t < 0.0:
             raise ValueError(f"t must be >= 0, got {t!r}")
         if self.resolution > 0.0:
@@ -287,10 +271,10 @@ def cosine_schedule(
     Raises:
         ValueError: if base_lr ≤ 0, final_lr < 0, total ≤ 0, or unit is unknown.
     """
-    b = _finite("base_lr", base_lr)
+    b = as_real("base_lr", base_lr)
     if b <= 0.0:
         raise ValueError(f"base_lr must be > 0, got {base_lr!r}")
-    f = _finite("final_lr", final_lr)
+    f = as_real("final_lr", final_lr)
     if f < 0.0:
         raise ValueError(f"final_lr must be >= 0, got {final_lr!r}")
     return Schedule("cosine", total=total, min_factor=f / b, unit=unit)
@@ -331,21 +315,21 @@ def triangle_schedule(
     Raises:
         ValueError: for out-of-range arguments.
     """
-    b = _finite("base_lr", base_lr)
+    b = as_real("base_lr", base_lr)
     if b <= 0.0:
         raise ValueError(f"base_lr must be > 0, got {base_lr!r}")
-    lo = _finite("min_lr", min_lr)
+    lo = as_real("min_lr", min_lr)
     if not 0.0 <= lo < b:
         raise ValueError(f"min_lr must be in [0, base_lr={b}), got {min_lr!r}")
-    tot = _finite("total", total)
+    tot = as_real("total", total)
     if tot <= 0.0:
         raise ValueError(f"total must be > 0, got {total!r}")
-    hs = tuple(_finite("height", h) for h in heights)
+    hs = tuple(as_real("height", h) for h in heights)
     if not hs or any(h <= 0.0 for h in hs):
         raise ValueError(f"heights must be a non-empty tuple of positive numbers, got {heights!r}")
     period = tot / len(hs)
     half = period / 2.0
-    s = _finite("shift", shift)
+    s = as_real("shift", shift)
     if not 0.0 <= s < half:
         raise ValueError(f"shift must be in [0, half cycle={half}), got {shift!r}")
 

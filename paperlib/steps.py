@@ -21,158 +21,36 @@ weighted sum needs per-example losses that do not depend on the chunk).
 How the batches were drawn decides the unbiased G/N estimator (Sec. 5; finite-population
 factors in :mod:`paperlib.nsr`). It is stated in words with :class:`Sampling`, never through the
 estimator's low-level arguments.
+
+This module holds the four step functions and their autograd helpers; :class:`Sampling` and the
+batch-coupling checks are in :mod:`paperlib.sampling`, :class:`StepStats` and :func:`set_grad`
+in :mod:`paperlib.stepstats`.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from .models import trained_parameters
 from .ngd import gd_weights, ngd_weights, split_chunks
-from .nsr import online_nsr, sampler_population
+from .nsr import online_nsr
+from .sampling import (
+    Sampling,
+    batch_coupled,
+    frozen_batchnorm_stats,
+    need_sampling,
+    warn_if_coupled_disjoint,
+)
+from .stepstats import StepStats, step_parameters
 from .svag import svag_coefficients, svag_example_weights
 
-__all__ = [
-    "SAMPLING_SCHEMES",
-    "Sampling",
-    "StepStats",
-    "batch_coupled",
-    "frozen_batchnorm_stats",
-    "gd_step",
-    "ngd_step",
-    "set_grad",
-    "sgd_step",
-    "svag_step",
-]
+__all__ = ["gd_step", "ngd_step", "sgd_step", "svag_step"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-SAMPLING_SCHEMES = ("without_replacement", "independent_draws", "with_replacement")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a step's batches were drawn from the training set of ``n`` examples.
-
-    * ``"without_replacement"`` (:meth:`shuffled`): the batches of one step are disjoint slices of
-      one random permutation of the n examples: a shuffled ``DataLoader``'s consecutive batches,
-      one batch split in halves, or one batch of 2B split into SVAG's two batches.
-    * ``"independent_draws"`` (:meth:`independent`): each batch is its own without-replacement
-      draw of b of the n examples, independent of the step's other batch (the two may overlap).
-    * ``"with_replacement"`` (:meth:`with_replacement`): examples drawn i.i.d. uniformly with
-      replacement (``RandomSampler(replacement=True)``); n is not needed and must be None.
-
-    Getting this wrong biases G: two disjoint batches of one permutation have
-    Cov(g1, g2) = −Σ₁/(n − 1), so ⟨g1, g2⟩ underestimates G by Tr Σ₁/(n − 1).
-
-    With train-mode BatchNorm a batch gradient is not a mean of fixed per-example gradients, so
-    that correction is not exact for two disjoint batches (a bias of order B/n; on n = 8, B = 3
-    exact enumeration gave E Ĝ = 1.91 G): draw a batch-coupled net's second batch independently
-    (``independent`` or ``with_replacement``) for an unbiased estimate. The step functions warn.
-
-    Raises:
-        ValueError: unknown scheme, n missing or < 2 for a without-replacement scheme, or n given
-            with ``"with_replacement"``.
-    """
-
-    scheme: str
-    n: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.scheme not in SAMPLING_SCHEMES:
-            raise ValueError(f"scheme={self.scheme!r} is not allowed; choose one of "
-                             f"{list(SAMPLING_SCHEMES)}")
-        if self.scheme == "with_replacement":
-            if self.n is not None:
-                raise ValueError(f"n={self.n!r} is not used with 'with_replacement' sampling "
-                                 "(the estimator needs no population size); leave it None")
-        elif isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 2:
-            raise ValueError(f"n={self.n!r} is not allowed; {self.scheme!r} sampling needs the "
-                             "data set size, an integer >= 2")
-
-    @classmethod
-    def shuffled(cls, n: int) -> Sampling:
-        """Disjoint batches of one permutation of n examples (a shuffled DataLoader)."""
-        return cls("without_replacement", n)
-
-    @classmethod
-    def independent(cls, n: int) -> Sampling:
-        """Each batch an independent without-replacement draw from n examples."""
-        return cls("independent_draws", n)
-
-    @classmethod
-    def with_replacement(cls) -> Sampling:
-        """Examples drawn i.i.d. with replacement."""
-        return cls("with_replacement")
-
-    @classmethod
-    def from_sampler(cls, kind: str, n: int) -> Sampling:
-        """The scheme of a batch of one of paperlib's samplers (``constants.SAMPLERS``): every
-        kind but "replacement" draws a batch without replacement, so its parts are disjoint."""
-        n_pop = sampler_population(kind, n)
-        return cls.with_replacement() if n_pop is None else cls.shuffled(n_pop)
-
-    @property
-    def population(self) -> int | None:
-        """The estimator's population size: n, or None for sampling with replacement."""
-        return self.n
-
-    @property
-    def disjoint(self) -> bool:
-        """Whether two batches of one step are disjoint parts of one without-replacement draw."""
-        return self.scheme == "without_replacement"
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """What one step computed (tensors stay on the model's device: no host synchronisation).
-
-    Attributes:
-        grad: ``[d]`` flattened gradient of the step over the trained parameters (in
-            ``model.parameters()`` order), weight decay excluded; the model's dtype.
-        loss_sum: 0-d, sum of the per-example losses of the ``count`` examples the step used.
-        count: number of examples the step used (B for SGD, 2B for SVAG, n for NGD/GD).
-        correct: 0-d integer count of correct argmax predictions, or None when the output is not
-            ``[b, classes]`` logits with integer targets ``[b]``.
-        G: 0-d float64, unbiased estimate of |∇L|² at the step's point, or None (not measured).
-        N: 0-d float64, unbiased estimate of N = Tr Σ_B at the step's batch size B, or None.
-    """
-
-    grad: torch.Tensor
-    loss_sum: torch.Tensor
-    count: int
-    correct: torch.Tensor | None = None
-    G: torch.Tensor | None = None
-    N: torch.Tensor | None = None
-
-    @property
-    def loss(self) -> torch.Tensor:
-        """0-d mean per-example loss over the step's examples."""
-        return self.loss_sum / self.count
-
-    @property
-    def accuracy(self) -> torch.Tensor | None:
-        """0-d accuracy in percent, or None when ``correct`` is None."""
-        return None if self.correct is None else 100.0 * self.correct / self.count
-
-    @property
-    def grad_sq(self) -> torch.Tensor:
-        """0-d float64 |g|² of the step's gradient."""
-        return self.grad.double().square().sum()
-
 
 # --- helpers ---------------------------------------------------------------------------------
-
-def _params(model: torch.nn.Module, params) -> list[torch.Tensor]:
-    out = trained_parameters(model) if params is None else list(params)
-    if not out:
-        raise ValueError("the model has no parameter with requires_grad=True to differentiate")
-    return out
-
 
 def _flat(grads) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
@@ -202,72 +80,11 @@ def _cat(a, b):
     return None if a is None else torch.cat([a, b])
 
 
-def batch_coupled(model: torch.nn.Module) -> bool:
-    """True when examples of a batch interact: a BatchNorm layer in training mode."""
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
-               for m in model.modules())
-
-
-class frozen_batchnorm_stats:
-    """Context manager: BatchNorm running statistics are restored on exit (an extra batch drawn
-    only to measure G/N must not change the trained model's state)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.bns = [m for m in model.modules()
-                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-    def __enter__(self):
-        self.saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in self.bns]
-
-    def __exit__(self, *exc):
-        for m, s in zip(self.bns, self.saved, strict=True):
-            m.load_state_dict(s)
-        return False
-
-
-def set_grad(model_or_params, grad: torch.Tensor) -> None:
-    """Write a flattened gradient ``[d]`` into ``p.grad`` of the trained parameters (in
-    ``parameters()`` order), so that any torch optimizer can take the step.
-
-    Args:
-        model_or_params: a module (its parameters with ``requires_grad``) or a list of tensors.
-        grad: ``[d]`` with d the total number of their entries (e.g. ``StepStats.grad``).
-
-    Raises:
-        ValueError: if ``grad`` is not 1-D or its length differs from d.
-    """
-    params = (_params(model_or_params, None) if isinstance(model_or_params, torch.nn.Module)
-              else list(model_or_params))
-    d = sum(p.numel() for p in params)
-    if grad.dim() != 1 or grad.numel() != d:
-        raise ValueError(f"grad must have shape [{d}] (the parameters' total size), got "
-                         f"{tuple(grad.shape)}")
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = grad[offset:offset + n].view_as(p).clone()
-        offset += n
-
-
 def _check_batch(x, y, what: str) -> int:
     if x.shape[0] != y.shape[0] or x.shape[0] < 1:
         raise ValueError(f"{what}: x and y must have the same non-zero length, got "
                          f"{x.shape[0]} and {y.shape[0]}")
     return int(y.shape[0])
-
-
-def warn_if_coupled_disjoint(sampling: Sampling) -> None:
-    if sampling.disjoint:
-        warnings.warn("G/N of a train-mode BatchNorm net from two disjoint batches of one "
-                      "permutation is biased by O(B/n) (see paperlib.Sampling); draw the second "
-                      "batch independently for an unbiased estimate", stacklevel=3)
-
-
-def _need_sampling(sampling: Sampling | None, what: str) -> Sampling:
-    if not isinstance(sampling, Sampling):
-        raise ValueError(f"{what} needs sampling=paperlib.Sampling(...) (how the batches were "
-                         f"drawn decides the unbiased estimator), got {sampling!r}")
-    return sampling
 
 
 # --- SGD (eq. 1) with the online G/N estimate (Sec. 5) ---------------------------------------
@@ -311,11 +128,11 @@ def sgd_step(
         ValueError: mismatched x/y, measuring with B < 2 or without ``sampling``, a coupled
             net measured without a same-size ``extra`` batch, or a loss that is not per-example.
     """
-    params = _params(model, params)
+    params = step_parameters(model, params)
     B = _check_batch(x, y, "sgd_step")
     coupled = batch_coupled(model)
     if measure:
-        sampling = _need_sampling(sampling, "measuring G/N")
+        sampling = need_sampling(sampling, "measuring G/N")
         if not coupled and B < 2:
             raise ValueError(f"measuring G/N from half batches needs B >= 2, got B={B}")
         if coupled and extra is None:
@@ -391,7 +208,7 @@ def svag_step(
         ValueError: an odd or empty batch, l < 1, measuring without ``sampling``, or a loss that
             is not per-example.
     """
-    params = _params(model, params)
+    params = step_parameters(model, params)
     two_b = _check_batch(x, y, "svag_step")
     if two_b % 2:
         raise ValueError(f"svag_step needs the two batches [γ1; γ2] concatenated (2B examples), "
@@ -400,7 +217,7 @@ def svag_step(
     c1, c2 = svag_coefficients(l)
     coupled = batch_coupled(model)
     if measure:
-        sampling = _need_sampling(sampling, "measuring G/N")
+        sampling = need_sampling(sampling, "measuring G/N")
     if coupled or measure:
         l1, a1 = _losses(model, loss_fn, x[:B], y[:B], forward)
         g1 = _grad(l1.mean(), params)
@@ -457,7 +274,7 @@ def _full_data_step(model, loss_fn, data, w_fn, n, chunk_size, params, forward, 
         raise ValueError(f"{what} needs per-example losses that do not depend on the batch; the "
                          "net has train-mode BatchNorm (use GroupNorm or no normalization, or "
                          "put BatchNorm in eval mode)")
-    params = _params(model, params)
+    params = step_parameters(model, params)
     if shard is not None and isinstance(data, tuple) and len(data) == 2:  # tensors: my chunks
         x_all, y_all = data
         n = _check_batch(x_all, y_all, what) if n is None else n

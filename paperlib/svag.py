@@ -37,6 +37,8 @@ from collections.abc import Callable
 
 import torch
 
+from paperlib.validate import as_real, check_int
+
 __all__ = [
     "SVAGSchedule",
     "stretch_schedule",
@@ -48,12 +50,9 @@ __all__ = [
 
 
 def _check_l(l: float) -> float:
-    try:
-        lf = float(l)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"SVAG l must be a real number >= 1, got {l!r}") from exc
-    if not math.isfinite(lf) or lf < 1.0:
-        raise ValueError(f"SVAG l must be a finite real number >= 1, got {l!r}")
+    lf = as_real("l", l)
+    if lf < 1.0:
+        raise ValueError(f"l={l!r} is not allowed; SVAG's l must be a real number ≥ 1 (eq. 5)")
     return lf
 
 
@@ -108,8 +107,7 @@ def svag_example_weights(
             ``dtype`` is not a floating dtype.
     """
     c1, c2 = svag_coefficients(l)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
     w = torch.empty(2 * batch_size, dtype=torch.float64)
@@ -132,9 +130,9 @@ def svag_lr(lr: float, l: float) -> float:
         ValueError: if ``lr`` is not a finite positive number or ``l`` < 1.
     """
     lf = _check_l(l)
-    lr_f = float(lr)
-    if not math.isfinite(lr_f) or lr_f <= 0.0:
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    lr_f = as_real("lr", lr)
+    if lr_f <= 0.0:
+        raise ValueError(f"lr={lr!r} is not allowed; lr must be a finite number > 0")
     return lr_f / lf
 
 
@@ -157,8 +155,7 @@ def svag_steps(steps: int, l: float) -> int:
             not an integer (to within 1e-9).
     """
     lf = _check_l(l)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    check_int("steps", steps, 0)
     total = steps * lf
     rounded = round(total)
     if abs(total - rounded) > 1e-9 * max(1.0, abs(total)):

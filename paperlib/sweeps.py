@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from .checks import check_data, check_trainable
-from .cluster import ClusterOptions, forget_finished, train_runs
+from .cluster import ClusterOptions
 from .cluster import from_env as executor_from_env
+from .cluster_submit import forget_finished, train_runs
 from .config import RunConfig, refuse_ignored
 from .equilibrium import run_equilibrium_stats
 from .files import StaleResultError

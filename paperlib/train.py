@@ -31,6 +31,7 @@ from .models import build_model, trained_parameters
 from .ngd import split_chunks
 from .nsr import sampler_population
 from .paths import data_root
+from .sampling import Sampling, batch_coupled, warn_if_coupled_disjoint
 from .schedules import (
     Schedule,
     constant_schedule,
@@ -39,16 +40,12 @@ from .schedules import (
     triangle_schedule,
 )
 from .steps import (
-    Sampling,
-    StepStats,
-    batch_coupled,
     gd_step,
     ngd_step,
-    set_grad,
     sgd_step,
     svag_step,
-    warn_if_coupled_disjoint,
 )
+from .stepstats import StepStats, set_grad
 from .svag import svag_steps
 
 

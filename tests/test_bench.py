@@ -18,7 +18,7 @@ from benchmarks.harness import Row, table
 from paperlib.__main__ import main as cli
 from paperlib.config import preset
 from paperlib.docs import update_section
-from paperlib.notebooks import record_timing
+from paperlib.make_figures import record_timing
 from paperlib.train import train
 
 
@@ -53,7 +53,7 @@ def test_figure_timings_are_read_when_present(tmp_path):
     missing = figures.rows(tmp_path / "timings.json")
     assert len(missing) == 1 and missing[0].value is None
     assert "not measured yet" in table(missing)
-    # written as paperlib.notebooks.execute_all writes it; a re-plot keeps the training time
+    # written as paperlib.make_figures.execute_all writes it; a re-plot keeps the training time
     path = tmp_path / "timings.json"
     record_timing("fig1", "cpu", 600.0, computed=5, path=path)
     record_timing("fig1", "cpu", 12.5, computed=0, path=path)

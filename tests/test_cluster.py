@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from paperlib import cluster, sweeps
+from paperlib import cluster, cluster_submit, sweeps
 from paperlib.config import preset
 from paperlib.store import load_manifest, run_dir, run_id
 
@@ -52,7 +52,7 @@ def test_local_jobs_train_bitwise_the_in_process_runs_then_load_from_the_store(t
 
 SWEEP = """
 import torch
-from paperlib import cluster, sweeps
+from paperlib import cluster, cluster_submit, sweeps
 from paperlib.config import preset
 base = preset("smoke", dataset="synthetic", device="cpu", steps=200, checkpoint_every=20)
 sweeps.run_all([base.replace(seed=s) for s in (0, 1, 2)], root={root!r},
@@ -82,7 +82,7 @@ def test_a_killed_local_sweep_loses_nothing_and_resubmission_trains_only_the_mis
     assert proc.returncode != 0, out
     records = [json.loads(p.read_text()) for p in (root / ".jobs").glob("*.json")]
     for rec in records:  # the sweep cancelled the job it had started
-        assert cluster.job_state(rec) == "gone", rec
+        assert cluster_submit.job_state(rec) == "gone", rec
     stored = {run_id(c) for c in cfgs if (load_manifest(run_dir(c, root)) or {}).get("status")
               == "complete"}
     before = {rid: (root / rid / "manifest.json").read_bytes() for rid in stored}
@@ -102,7 +102,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_the_runs_checkpoint(tmp_pa
 
     (cfg,) = configs((0,), steps=300, checkpoint_every=20)
     root = tmp_path / "runs"
-    ex = cluster.make_executor(local(), tmp_path / "submitit")
+    ex = cluster_submit.make_executor(local(), tmp_path / "submitit")
     from paperlib.cluster_job import RunJob
 
     job = ex.submit(RunJob(), cfg, str(root), 1)

@@ -8,7 +8,8 @@ import pytest
 
 from paperlib import parameters
 from paperlib.figures import registered
-from paperlib.notebooks import FIGURES, NOTEBOOK_DIR, default_parameters, execute_all, select
+from paperlib.make_figures import execute_all
+from paperlib.notebooks import FIGURES, NOTEBOOK_DIR, default_parameters, select
 
 BY_ID = {f.id: f for f in FIGURES}
 

@@ -14,7 +14,7 @@ from paperlib.models import (
     scale_invariance_error,
     trained_parameters,
 )
-from paperlib.steps import batch_coupled
+from paperlib.sampling import batch_coupled
 
 ALL_ARCHS = ["preresnet8", "preresnet32", "resnet32", "vgg11", "vgg13", "vgg16", "vgg19",
              "convnet"]

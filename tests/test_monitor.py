@@ -275,7 +275,7 @@ def test_bad_arguments():
     for _ in range(2):
         model(torch.randn(4, 2)).sum().backward()
     assert mon.step(examples=8) is not None and mon.skipped == 1 and mon.measured == 1
-    from paperlib.steps import StepStats
+    from paperlib.stepstats import StepStats
     st = StepStats(torch.zeros(3), torch.zeros(()), 16, None, torch.ones(()), torch.ones(()))
     with pytest.raises(ValueError, match="16 examples"):
         NoiseMonitor(None, batch_size=32, sampling=s, source="step_stats").step(stats=st)

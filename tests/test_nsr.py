@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from paperlib.nsr import (
-    NSRWindow,
     direct_nsr,
     noise_trace,
     online_nsr,
@@ -17,6 +16,7 @@ from paperlib.nsr import (
     per_example_nsr,
     sampler_population,
 )
+from paperlib.windows import NSRWindow
 
 from problems import DT, TinyGNNet, linear_regression, seeded
 

@@ -35,7 +35,7 @@ from paperlib import (
     svag_lr,
     svag_step,
 )
-from paperlib.steps import batch_coupled
+from paperlib.sampling import batch_coupled
 from paperlib.svag import svag_coefficients
 
 from problems import seeded, tanh_mlp

@@ -31,7 +31,7 @@ except ImportError as e:  # pragma: no cover - the extra is installed in CI
                       "'paperlib[monitor]' (or pip install transformers)") from e
 
 from ..monitor import NoiseMonitor
-from ..steps import Sampling
+from ..sampling import Sampling
 
 __all__ = ["NoiseMonitorCallback"]
 

@@ -4,7 +4,6 @@ area down-sampling, and batched random crop + flip drawn on the device (no DataL
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,30 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from paperlib import seeding
-from paperlib.constants import CIFAR10_MEAN, CIFAR10_STD
+from paperlib.constants import CROP_PADDING, IMAGE_SIZE, NORMALIZATION, RESOLUTIONS
+from paperlib.validate import is_int
 
-from .formats import IMAGE_SIZE, RawDataset
-
-# Standard CIFAR-100 statistics; SVHN uses the common 0.5 / 0.5.
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-SVHN_MEAN = (0.5, 0.5, 0.5)
-SVHN_STD = (0.5, 0.5, 0.5)
-NORMALIZATION = {
-    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
-    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
-    "svhn": (SVHN_MEAN, SVHN_STD),
-    "synthetic": (CIFAR10_MEAN, CIFAR10_STD),
-}
-
-
-RESOLUTIONS = (1, 2, 4, 8, 16, 32)  # divisors of 32
-CROP_PADDING = 4  # RandomCrop(32, padding=4) at full resolution
-
-
-def is_int(value: object) -> bool:
-    """An integer (Python or numpy), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+from .formats import RawDataset
 
 
 def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from paperlib import seeding
-from paperlib.constants import CIFAR10_CLASSES, CIFAR10_MEAN
+from paperlib.constants import CIFAR10_CLASSES, CIFAR10_MEAN, IMAGE_SIZE
 
-IMAGE_SIZE = 32
 SVHN_CLASSES = tuple(str(d) for d in range(10))
 SYNTHETIC_SEED = 20210101  # fixed: the synthetic set is the same everywhere
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from paperlib import paths
-from paperlib.constants import CIFAR10_CLASSES, DATASET_CLASSES, DATASETS
+from paperlib.constants import CIFAR10_CLASSES, DATASET_CLASSES, DATASET_SIZES, DATASETS
 
 from .formats import (
     ACCEPTED_FORMATS,
@@ -34,12 +34,6 @@ from .formats import (
 )
 
 ENV_VARS = {"cifar10": "CIFAR10_PATH", "cifar100": "CIFAR100_PATH", "svhn": "SVHN_PATH"}
-EXPECTED_COUNTS = {  # (train, test)
-    "cifar10": (50_000, 10_000),
-    "cifar100": (50_000, 10_000),
-    "svhn": (73_257, 26_032),
-    "synthetic": (2_000, 1_000),
-}
 CACHE_VERSION = 1
 
 
@@ -191,8 +185,8 @@ def _check(raw: RawDataset, expect_counts: bool, where: str) -> None:
     elif len(set(raw.classes)) != (k := DATASET_CLASSES[name]) or len(raw.classes) != k:
         problems.append(f"{len(raw.classes)} classes, expected {k} distinct ones")
     counts = (len(raw.train_x), len(raw.test_x))
-    if expect_counts and counts != EXPECTED_COUNTS[name]:
-        problems.append(f"(train, test) counts {counts}, expected {EXPECTED_COUNTS[name]}")
+    if expect_counts and counts != DATASET_SIZES[name]:
+        problems.append(f"(train, test) counts {counts}, expected {DATASET_SIZES[name]}")
     if problems:
         raise DatasetFormatError(f"bad {name} data from {where}: " + "; ".join(problems))
 

@@ -17,8 +17,7 @@ import torch
 
 from paperlib import seeding
 from paperlib.constants import SAMPLERS
-
-from .device import is_int
+from paperlib.validate import is_int
 
 
 @lru_cache(maxsize=4)

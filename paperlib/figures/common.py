@@ -13,6 +13,7 @@ from ..config import RunConfig, preset
 from ..constants import PRESETS
 from ..equilibrium import eq11_applies
 from ..sweeps import equilibrium_table, given
+from ..validate import check_choice
 
 EQ11_MAX_GAP = 0.05  # eq. (11): relative gap between its two sides, pooled over the runs
 
@@ -24,8 +25,7 @@ def base_config(preset_name: str, settings: dict[str, dict], **overrides) -> Run
     Raises:
         ValueError: an unknown preset name.
     """
-    if preset_name not in PRESETS:
-        raise ValueError(f"preset={preset_name!r} is not allowed; choose one of {list(PRESETS)}")
+    check_choice("preset", preset_name, PRESETS)
     return preset(preset_name, **{**settings[preset_name], **given(**overrides)})
 
 

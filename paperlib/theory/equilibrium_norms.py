@@ -16,10 +16,10 @@ import torch
 
 from .. import seeding
 from ..claims import Claim, Interval, check, propagate
-from ..config import check_int
 from ..equilibrium import eq11_sides, eq12_sides
 from ..nsr import online_nsr, per_example_nsr
 from ..svag import svag_coefficients
+from ..validate import check_int
 from .cache import cached
 from .settings import DT, EquilibriumSettings, TheorySettings
 

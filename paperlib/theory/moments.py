@@ -9,8 +9,8 @@ import torch
 
 from .. import seeding
 from ..claims import Claim, check, exact
-from ..config import check_int
 from ..svag import svag_coefficients
+from ..validate import check_int
 from .cache import cached
 from .settings import DT, LemmaSettings, TheorySettings, check_pos
 

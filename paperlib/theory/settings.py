@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import check_choice, check_int, check_number
 from ..constants import PRESETS
+from ..validate import check_choice, check_int, check_ints, check_number
 
 DT = torch.float64  # every theory computation is float64
 
@@ -27,14 +27,6 @@ def check_pos(name: str, value) -> float:
             from exc
     check_number(name, v, 0, low_open=True)
     return v
-
-
-def check_ints(name: str, values, minimum: int = 1) -> None:
-    """A non-empty tuple of integers ≥ ``minimum`` (the l values, batch sizes, κ's)."""
-    if not values:
-        raise ValueError(f"{name}={values!r} is not allowed; give at least one integer")
-    for v in values:
-        check_int(f"{name} entry", v, minimum)
 
 
 def n_steps(T: float, step_lr: float) -> int:

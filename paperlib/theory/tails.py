@@ -11,6 +11,7 @@ import torch
 
 from .. import seeding
 from ..claims import Claim, check, propagate, t_interval
+from ..validate import is_int
 from .cache import cached
 from .settings import DT, TailSettings, TheorySettings
 
@@ -43,7 +44,7 @@ def tail_index(x, block: int | None = None) -> float:
     if X.size < 4:
         raise ValueError(f"tail_index needs at least 4 samples, got {X.size}")
     K1 = int(math.isqrt(X.size)) if block is None else block
-    if isinstance(K1, bool) or not isinstance(K1, int) or not 2 <= K1 <= X.size:
+    if not is_int(K1) or not 2 <= K1 <= X.size:
         raise ValueError(f"block must be an integer in [2, {X.size}], got {block!r}")
     K2 = X.size // K1
     X = X[: K1 * K2]

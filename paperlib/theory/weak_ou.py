@@ -11,8 +11,8 @@ import pandas as pd
 
 from .. import seeding
 from ..claims import Claim, check, exact
-from ..config import check_int
 from ..svag import svag_coefficients
+from ..validate import check_int
 from .cache import cached
 from .settings import OUSettings, TheorySettings, check_pos, n_steps
 
