@@ -1,4 +1,4 @@
-"""Command line: ``python -m paperlib {train,predict-lsr,figures} ...`` (``--help`` on each).
+"""Command line: python -m paperlib {train,predict-lsr,figures,verify} ... (--help on each).
 
 Bad input (a value out of range, a setting the run would ignore, a net that cannot train,
 unreadable data, work estimated above the unattended limit) stops with one ``error:`` line and
