@@ -13,18 +13,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ..constants import PRESETS
-from ..validate import check_choice, check_int, check_ints, check_number
+from ..validate import as_real, check_choice, check_int, check_ints, check_number
 
 DT = torch.float64  # every theory computation is float64
 
 
 def check_pos(name: str, value) -> float:
     """``value`` as a float when it is a finite number > 0, else ValueError naming it."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a finite number > 0") \
-            from exc
+    v = as_real(name, value)
     check_number(name, v, 0, low_open=True)
     return v
 
