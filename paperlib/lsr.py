@@ -26,6 +26,7 @@ __all__ = [
     "lsi_failure_certificate",
     "lsi_threshold",
     "lsr_failure_batch",
+    "lsr_failure_batches",
     "predict_critical_batch",
     "predict_critical_batch_approx",
     "simple_noise_scale",
@@ -252,3 +253,29 @@ def lsr_failure_batch(
         if e > f * best:
             return b
     return None
+
+
+def lsr_failure_batches(batch_sizes, test_errors, factor: float = 1.2, *, none=math.inf,
+                        diverged=()):
+    """:func:`lsr_failure_batch` for many draws at once (the claims' Monte Carlo intervals).
+
+    Args:
+        batch_sizes: strictly increasing batch sizes, shape (k,).
+        test_errors: one row of final test errors per draw, shape (draws, k).
+        factor: failure threshold as a multiple of each draw's lowest error, ≥ 1.
+        none: the value for a draw where no batch size fails (default inf).
+        diverged: batch sizes that count as failed in every draw (a diverged run), whether or
+            not they are in ``batch_sizes``.
+
+    Returns:
+        Per draw, the first failing batch size (float array of shape (draws,)).
+    """
+    import numpy as np
+
+    bs = np.asarray(batch_sizes, dtype=float)
+    e = np.asarray(test_errors, dtype=float)
+    fails = e > factor * e.min(axis=1, keepdims=True)
+    fails |= np.isin(bs, list(diverged))[None, :]
+    first = np.where(fails.any(axis=1), bs[np.argmax(fails, axis=1)], none)
+    outside = [b for b in diverged if b not in set(bs.tolist())]
+    return np.minimum(first, min(outside)) if outside else first

@@ -31,7 +31,12 @@ from .claims import Claim, Interval, check
 from .constants import DATASET_SIZES, PRESETS
 from .equilibrium import equilibrium_stats
 from .files import StaleResultError, atomic_write_bytes
-from .lsr import lsr_failure_batch, predict_critical_batch, simple_noise_scale
+from .lsr import (
+    lsr_failure_batch,
+    lsr_failure_batches,
+    predict_critical_batch,
+    simple_noise_scale,
+)
 from .monitor import NoiseMonitor
 from .paths import store_root
 from .sampling import Sampling
@@ -252,8 +257,6 @@ def claims(per_b: pd.DataFrame, info: dict, dataset: str = "cifar10") -> list[Cl
     p = per_b["test_error"].to_numpy(dtype=float) / 100
     err = np.stack([100 * (q + np.sqrt(q * (1 - q) / n_test) * rng.standard_normal(_DRAWS))
                     for q in p], axis=1)
-    fails = err > FAILURE_FACTOR * err.min(axis=1, keepdims=True)
-    first = np.where(fails.any(axis=1), bs[np.argmax(fails, axis=1)], np.inf)
     base = per_b.iloc[0]
     base_nog = nog[:, 0]
     fail = info["failure_B"]
@@ -265,7 +268,7 @@ def claims(per_b: pd.DataFrame, info: dict, dataset: str = "cifar10") -> list[Cl
     # No failure up to the largest B: the failure lies beyond it, so the ratio is at least
     # log2(max B / B*) when B* < max B; the row then shows that lower bound, open above.
     beyond = bs.max()
-    first = np.where(np.isinf(first), beyond, first)
+    first = lsr_failure_batches(bs, err, FAILURE_FACTOR, none=beyond)
 
     def ratio(pred):
         if not pred > 0:

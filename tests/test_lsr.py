@@ -10,6 +10,7 @@ from paperlib.lsr import (
     lsi_failure_certificate,
     lsi_threshold,
     lsr_failure_batch,
+    lsr_failure_batches,
     predict_critical_batch,
     predict_critical_batch_approx,
 )
@@ -94,6 +95,21 @@ def test_lsr_failure_batch():
     bad_small = [9.0] + errs[1:]
     assert lsr_failure_batch(bs, bad_small) == 2
     assert lsr_failure_batch(bs, bad_small, after_best=True) == 1024
+
+
+def test_lsr_failure_batches_is_the_scalar_rule_per_draw():
+    import numpy as np
+
+    bs = [16, 32, 64, 128, 256]
+    rng = np.random.default_rng(0)
+    draws = 40 + rng.normal(0, 5, size=(500, len(bs))).cumsum(axis=1) * 0.3
+    got = lsr_failure_batches(bs, draws, 1.2)
+    want = [lsr_failure_batch(bs, list(row), 1.2) for row in draws]
+    assert [None if np.isinf(g) else g for g in got] == want
+    assert any(w is None for w in want) and any(w is not None for w in want)
+    # a diverged B fails in every draw, also when it has no error (every seed diverged)
+    assert set(lsr_failure_batches(bs, draws, 1.2, diverged=[64])) <= {16.0, 32.0, 64.0}
+    assert (lsr_failure_batches(bs, draws, 1.2, none=512.0, diverged=[512]) <= 512).all()
 
 
 @pytest.mark.parametrize(

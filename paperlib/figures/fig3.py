@@ -14,7 +14,12 @@ import pandas as pd
 
 from ..claims import Claim, Interval, check, pooled_sd, propagate
 from ..config import RunConfig
-from ..lsr import lsr_failure_batch, predict_critical_batch, predict_critical_batch_approx
+from ..lsr import (
+    lsr_failure_batch,
+    lsr_failure_batches,
+    predict_critical_batch,
+    predict_critical_batch_approx,
+)
 from ..sweeps import equilibrium_table, final_test_acc, sweep
 from .common import base_config, check_seeds, eq11_claims, group_means
 
@@ -177,12 +182,7 @@ def _prediction_interval(m, per_b, info, C, ratios, dof, how, beyond) -> Interva
         return rng.standard_t(dfree, size) if dfree else rng.standard_normal(size)
 
     e = np.stack([err[int(b)][0] + err[int(b)][1] * t(e_dof, draws) for b in bs], axis=1)
-    fails = e > FAILURE_FACTOR * e.min(axis=1, keepdims=True)
-    fails |= np.isin(bs, list(diverged))[None, :]
-    first = np.where(fails.any(axis=1), bs[np.argmax(fails, axis=1)], beyond)
-    untrained = [b for b in diverged if b not in set(bs)]  # every seed diverged: no error
-    if untrained:
-        first = np.minimum(first, min(untrained))
+    first = lsr_failure_batches(bs, e, FAILURE_FACTOR, none=beyond, diverged=diverged)
     preds = np.stack([b * C ** 2 * (1 + np.exp(-(ratios[b][0] + ratios[b][1] * t(dof, draws))))
                       for b in base], axis=1).min(axis=1)
     stat = np.abs(np.log2(first / preds))
