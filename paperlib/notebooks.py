@@ -75,14 +75,19 @@ FIGURES: tuple[Figure, ...] = (
     Figure("fig1", "fig1", "Fig 1: SGD vs NGD vs GD"),
     Figure("fig3", "fig3_lsr", "Fig 3: predicting the failure of the LSR"),
     Figure("fig3b", "fig3_lsr", "Fig 3, second panel: PreResNet-32 GN",
-           params={"NORM": "gn"}, scaled=None,
-           note="paper only: at cpu Fig 3's panel is already GN; the BN convnet costs 1.8× its "
-                "step time (≈ 25 core-minutes per seed), which the 90-minute budget does not "
-                "leave"),
+           params={"NORM": "gn"}, scaled={"NORM": "bn", "SEEDS": [0, 1]},
+           note="cpu: Fig 3's cpu panel is already the GN convnet, so this panel shows the "
+                "other normalization (BN) on the same net, as the paper's first two panels show "
+                "both on one net; two seeds (with one, the Thm 5.6 row was inconclusive: 1.03, "
+                "95 % interval [0.96, 1.12], from evaluation noise alone)"),
     Figure("fig3c", "fig3_lsr", "Fig 3, third panel: VGG-19 GN",
            params={"ARCH": "vgg19", "NORM": "gn"}, scaled=None,
-           note="paper only: at cpu a VGG-19 sweep costs many times the convnet's (a "
-                "quarter-width VGG-16 already measured 5× the convnet's step time at 8×8)"),
+           note="paper only: measured 2026-11-30, VGG-19 GN at quarter width on Fig 3's cpu "
+                "data (16×16, n = 10000, 24 epochs, η = 0.8·B/128) does not train: every B from "
+                "16 to 1024 ends at chance (90.0 % test error; the loss sits at ln 10 from step "
+                "20), and the sweep took 43 min on 2 cores. A quarter-width GN VGG-16 collapses "
+                "the same way at η = 0.1 and trains at 0.02: a cpu panel would need Fig 3's "
+                "LSR line at 1/5 of its η (0.16·B/128), which is not the paper's recipe"),
     Figure("fig4", "fig4_svag", "Fig 4: SVAG converges", params={"LS": PAPER_LS},
            scaled={"LS": CPU_LS}),
     Figure("figA-sampling", "sampling", "App.: sampling schemes"),
@@ -100,9 +105,11 @@ FIGURES: tuple[Figure, ...] = (
                 "cpu: B = 8, half the main figure's; GD does not depend on B and is shared "
                 "with fig1"),
     Figure("figA-ngd-wide", "fig1", "App. F.3: NGD with a 4x wide PreResNet-32 GN",
-           params={"WIDTH": 4.0, "SEEDS": [0], "GAP_BATCH_SIZES": []}, scaled=None,
-           note="paper only: at cpu even width 2 makes each GD / NGD run ≈ 16 core-minutes "
-                "(235 ms per full-data step × 4000 steps), beyond the 90-minute budget"),
+           params={"WIDTH": 4.0, "SEEDS": [0], "GAP_BATCH_SIZES": []},
+           scaled={"WIDTH": 2.0, "SEEDS": [0, 1]},
+           note="cpu: the convnet at width 2 (2× Fig 1's), two seeds (with one, no row has a "
+                "seed spread, so every accuracy row is inconclusive); each full-data GD / NGD "
+                "run is ≈ 13-14 min with both cores busy"),
     # --- further LSR verification (App. F): Fig 3's sweep on other nets -------------------
     Figure("figA-lsr-resnet32", "fig3_lsr", "App. F: LSR on ResNet-32 BN (not scale-invariant)",
            params={"ARCH": "resnet32", "NORM": "bn", "SEEDS": [0]},
@@ -111,11 +118,14 @@ FIGURES: tuple[Figure, ...] = (
                 "(the claims' seed noise needs two)"),
     Figure("figA-lsr-4x-bn", "fig3_lsr", "App. F: LSR on PreResNet-32 4x BN",
            params={"WIDTH": 4.0, "NORM": "bn", "SEEDS": [0]}, scaled=None,
-           note="paper only: at cpu the 4x convnet (width 8) costs ≈ 2.8× (GN) to 5× (BN) "
-                "the main sweep per seed, ≈ 35-60 core-minutes"),
+           note="paper only: its cpu version, Fig 3's cpu sweep on the BN convnet at width 4 "
+                "(2× Fig 3's cpu width; width 8 would cost ≈ 3 core-hours per seed), is "
+                "estimated at ≈ 58 core-minutes (≈ 29 min on 2 cores) per seed, more than the "
+                "4-hour budget of the whole cpu set leaves"),
     Figure("figA-lsr-4x-gn", "fig3_lsr", "App. F: LSR on PreResNet-32 4x GN",
            params={"WIDTH": 4.0, "NORM": "gn", "SEEDS": [0]}, scaled=None,
-           note="paper only: see figA-lsr-4x-bn"),
+           note="paper only so far: its cpu version (the GN convnet at width 4, one seed, "
+                "estimated ≈ 37 core-minutes, ≈ 19 min on 2 cores) is not trained yet"),
     # --- SVAG groups (App. F): Fig 4 on other settings ------------------------------------
     Figure("figA-svag-baselines", "fig4_svag", "App. F: SVAG baselines (the other norm)",
            params={"NORM": "gn", "SEEDS": [0], "LS": PAPER_LS},
@@ -130,12 +140,19 @@ FIGURES: tuple[Figure, ...] = (
            params={"ARCH": "vgg16", "NORM": "bn", "SEEDS": [0], "PANELS": [[128, 0.8]],
                    "LS": PAPER_LS},
            scaled=None,
-           note="paper only: at cpu even a quarter-width VGG-16 is 5× the convnet, ≈ 30 "
-                "core-minutes for one panel and seed"),
+           note="paper only so far: its cpu version (VGG-16 BN at quarter width on the Fig 4 "
+                "cpu data, the small-batch panel B = 16, η = 0.4, which trains: 21.5 % train "
+                "accuracy after 400 steps) is not trained yet; the GN panel at that scale took "
+                "22.6 min on 2 cores and BN costs more per step"),
     Figure("figA-svag-vgg16-gn", "fig4_svag", "App. F: SVAG on VGG-16 GN",
            params={"ARCH": "vgg16", "NORM": "gn", "SEEDS": [0], "PANELS": [[128, 0.8]],
                    "LS": PAPER_LS},
-           scaled=None, note="paper only: see figA-svag-vgg16-bn"),
+           scaled={"WIDTH": 0.25, "PANELS": [[16, 0.02]], "LS": CPU_LS},
+           note="cpu: VGG-16 at quarter width (16 … 128 channels, all 13 conv layers) on the "
+                "Fig 4 cpu data (8×8, n = 2000), the small-batch panel, one seed, at η = 0.02: "
+                "the quarter-width GN VGG-16 "
+                "collapses to chance within 50 steps at η = 0.4 and 0.1 (train loss stuck at "
+                "ln 10; measured 2026-11-30) and trains at 0.02"),
     Figure("figA-svag-no-norm", "fig4_svag", "App. F: SVAG on an unnormalized VGG (η = 0.01)",
            params={"ARCH": "vgg16", "NORM": "none", "SEEDS": [0], "PANELS": [[128, 0.01]],
                    "LS": PAPER_LS},
