@@ -32,6 +32,21 @@ from .validate import check_choice, check_number, is_int, is_whole
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def resolve_device(name: str):
+    """The ``torch.device`` a run with ``device=name`` trains on here ("auto": CUDA when present).
+
+    Raises:
+        ValueError: ``name="cuda"`` on a machine without a CUDA device.
+    """
+    import torch  # here, so that reading and validating configs does not import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' is not allowed here: no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines one training run (its hash names the run in the store)."""

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed, seeding
-from .config import RunConfig
+from .config import RunConfig, resolve_device
 from .data import DeviceData, RawDataset, Sampler, load_dataset, prepare
 from .history import HISTORY_COLUMNS, StepWindow, history_frame
 from .models import build_model, trained_parameters
@@ -56,14 +56,6 @@ class TrainResult:
     diverged_step: int | None
     state: dict  # the final checkpoint state
     device: str
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' is not allowed here: no CUDA device; use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 def schedule_from_config(config: RunConfig) -> tuple[Schedule, Schedule]:
