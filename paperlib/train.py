@@ -17,6 +17,7 @@ equal on CPU.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -27,7 +28,7 @@ from . import distributed, seeding
 from .config import RunConfig, resolve_device
 from .data import DeviceData, RawDataset, Sampler, load_dataset, prepare
 from .history import HISTORY_COLUMNS, StepWindow, history_frame
-from .models import build_model, trained_parameters
+from .models import accelerate, build_model, trained_parameters
 from .ngd import split_chunks
 from .nsr import sampler_population
 from .paths import data_root
@@ -91,17 +92,9 @@ class Context:
     sampling: Sampling  # how a step's batch (SGD halves, SVAG's γ1/γ2) was drawn
     extra_sampling: Sampling | None  # how the extra batch relates to the step's batch
     device: torch.device
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model with the accelerator options
     ranks: distributed.Ranks | None = None  # K > 1 processes (DDP) share each step
     bn_merge: distributed.BatchNormMerge | None = None  # SVAG with BatchNorm on 2 ranks
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's output with the run's accelerator options (memory format, bf16)."""
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.config.bf16:  # forward (so backward) in bfloat16 where autocast allows; loss fp32
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self.model(x).float()
-        return self.model(x)
 
     def batch(self, idx, *keys: int):
         """Examples ``idx`` on the device, augmented with a generator keyed by ``keys``."""
@@ -248,23 +241,11 @@ def build(config: RunConfig, device: torch.device, *, model: torch.nn.Module | N
     ranks = distributed.current()
     distributed.check_supported(config, coupled, ranks)
     params = trained_parameters(model)
-    accelerator_options(config, model, device)
+    forward = accelerate(model, device, channels_last=config.channels_last, tf32=config.tf32,
+                         compile=config.compile, bf16=config.bf16)
     merge = distributed.BatchNormMerge(model) if ranks is not None and coupled else None
     return Context(config, model, params, data, sampler, extra, coupled, sampling,
-                   extra_sampling, device, ranks, merge)
-
-
-def accelerator_options(config: RunConfig, model: torch.nn.Module, device: torch.device) -> None:
-    """Apply ``channels_last``, ``tf32`` and ``compile`` to a built model (``bf16`` autocast
-    is applied per pass in ``Context.forward``). TF32 is a process-wide CUDA switch, set from
-    the config of the run being built; CPU convolutions and matmuls are always full fp32."""
-    if device.type == "cuda":  # the allow_tf32 flags: code reading either torch API sees them
-        torch.backends.cuda.matmul.allow_tf32 = config.tf32
-        torch.backends.cudnn.allow_tf32 = config.tf32
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if config.compile:
-        model.compile()  # in place: parameters and state_dict keys are unchanged
+                   extra_sampling, device, forward, ranks, merge)
 
 
 def train(
