@@ -34,7 +34,7 @@ import torch
 
 from benchmarks import epoch, figures, full_batch, monitor, online_nsr, pipeline, svag
 from benchmarks.harness import PROFILES, Bench, Row, machine_info, quick_profile, table
-from paperlib import train as T
+from paperlib.config import resolve_device
 from paperlib.data import DatasetFormatError, DatasetNotFoundError, load_dataset
 from paperlib.docs import update_section
 from paperlib.paths import data_root
@@ -72,7 +72,7 @@ def run_bench(*, quick: bool = False, device: str = "auto", profile: str = "auto
     A group that raises becomes one row with value None and the error as its note (the others
     still run); ``on_group(rows, meta)`` is called after each group (partial reports).
     """
-    dev = T.resolve_device(device)
+    dev = resolve_device(device)
     name = ("gpu" if dev.type == "cuda" else "cpu") if profile == "auto" else profile
     prof = PROFILES[name]
     if quick:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="a line printed above the table")
     a = ap.parse_args(argv)
     try:
-        dev = T.resolve_device(a.device)
+        dev = resolve_device(a.device)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
