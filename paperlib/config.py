@@ -23,6 +23,7 @@ from .constants import (
     PRESETS,
     RESOLUTIONS,
     SAMPLERS,
+    SCHEDULE_UNITS,
     SCHEDULES,
     parse_arch,
 )
@@ -276,7 +277,7 @@ def validate(c: RunConfig) -> None:
     check_choice("dataset", c.dataset, DATASETS)
     check_choice("sampler", c.sampler, SAMPLERS)
     check_choice("schedule", c.schedule, SCHEDULES)
-    check_choice("schedule_unit", c.schedule_unit, ("epoch", "step"))
+    check_choice("schedule_unit", c.schedule_unit, SCHEDULE_UNITS)
     check_choice("device", c.device, DEVICES)
     validate_arch(c.arch)
     check_number("l", c.l, 1, what="SVAG's l (eq. 5)")
