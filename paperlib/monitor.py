@@ -23,15 +23,13 @@ window their means with standard errors over block means
 N/G and G/N with error bars, Thm 5.6's B* = B·C²(1 + N/G) next to McCandlish et al.'s
 B_simple = Tr Σ₁/|∇L|², and whether the LR was constant over the window (the equilibrium
 quantities of Thm 5.6 are means in a constant-LR phase). Rows go to CSV and JSONL files (always,
-with ``log_dir``) and TensorBoard (when installed); the CSV feeds ``python -m paperlib
-predict-lsr noise.csv --batch-size B``.
+with ``log_dir``) and TensorBoard (when installed), written by :mod:`paperlib.monitor_logs`; the
+CSV feeds ``python -m paperlib predict-lsr noise.csv --batch-size B``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import math
 import warnings
 from collections import deque
@@ -41,6 +39,8 @@ import torch
 
 from .grad_taps import GradientTaps
 from .lsr import SQRT2, _check_c, simple_noise_scale
+from .monitor_logs import LOG_COLUMNS
+from .monitor_logs import NoiseLogs as _Logs  # the name NoiseMonitor.__init__ uses
 from .nsr import direct_nsr_from_norms
 from .sampling import Sampling, batch_coupled, warn_if_coupled_disjoint
 from .stepstats import StepStats
@@ -51,9 +51,6 @@ __all__ = ["LOG_COLUMNS", "SOURCES", "NoiseMonitor", "estimate_from_norms"]
 
 SOURCES = ("micro_batches", "ranks", "step_stats")
 ACCUMULATION = ("mean", "sum")
-LOG_COLUMNS = ("step", "effective_step", "lr", "batch_size", "sources", "G", "N", "grad_sq",
-               "sum_sq", "ema_G", "ema_N", "ema_N_over_G", "ema_B_star", "ema_B_simple",
-               "skipped")
 
 
 def estimate_from_norms(sum_sq: float, mean_sq: float, *, sources: int, batch_size: int,
@@ -99,44 +96,6 @@ def estimate_from_norms(sum_sq: float, mean_sq: float, *, sources: int, batch_si
     G, N = direct_nsr_from_norms(sum_sq, mean_sq, sources, batch_size // sources, batch_size,
                                  n=sampling.population, disjoint=sampling.disjoint)
     return float(G), float(N)
-
-
-class _Logs:
-    """CSV + JSONL rows (and TensorBoard scalars when the package is installed)."""
-
-    def __init__(self, log_dir: Path, tensorboard: bool | None, name: str):
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.csv_path, self.jsonl_path = log_dir / f"{name}.csv", log_dir / f"{name}.jsonl"
-        self._csv_file = open(self.csv_path, "w", newline="")  # noqa: SIM115 (closed in close)
-        self._csv = csv.DictWriter(self._csv_file, LOG_COLUMNS)
-        self._csv.writeheader()
-        self._jsonl = open(self.jsonl_path, "w")  # noqa: SIM115
-        self.tb = None
-        if tensorboard is not False:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # tensorboard not installed
-                if tensorboard:
-                    raise ImportError("tensorboard=True needs the tensorboard package: pip "
-                                      "install 'paperlib[monitor]'") from e
-            else:
-                self.tb = SummaryWriter(str(log_dir))
-
-    def write(self, row: dict) -> None:
-        self._csv.writerow(row)
-        self._csv_file.flush()
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
-        if self.tb is not None:
-            for k in ("G", "N", "ema_N_over_G", "ema_B_star", "ema_B_simple", "lr"):
-                if row[k] is not None and math.isfinite(row[k]):
-                    self.tb.add_scalar(f"noise/{k}", row[k], row["step"])
-
-    def close(self) -> None:
-        self._csv_file.close()
-        self._jsonl.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 class NoiseMonitor:
