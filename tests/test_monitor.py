@@ -133,6 +133,25 @@ def test_accumulation_unbiased_and_its_standard_error_falls_with_k():
     assert se[2][1] > se[4][1] > se[8][1], se  # N
 
 
+@pytest.mark.parametrize("n", [None, 1000])
+def test_estimate_from_norms_is_direct_nsr_from_norms_bit_for_bit(n):
+    """The monitor's float arithmetic does direct_nsr_from_norms's tensor operations in the
+    same order: the same float64 numbers, on random norms of every sampling scheme."""
+    rng = np.random.default_rng(2)
+    schemes = ([paperlib.Sampling.with_replacement()] if n is None else
+               [paperlib.Sampling.shuffled(n), paperlib.Sampling.independent(n)])
+    for sampling in schemes:
+        for _ in range(200):
+            K = int(rng.choice([2, 3, 4, 8]))
+            B = K * int(rng.integers(1, 20))
+            sum_sq, mean_sq = rng.uniform(0, 10) * K, rng.uniform(0, 10)
+            G, N = estimate_from_norms(sum_sq, mean_sq, sources=K, batch_size=B,
+                                       sampling=sampling)
+            G2, N2 = direct_nsr_from_norms(sum_sq, mean_sq, K, B // K, B, sampling.population,
+                                           sampling.disjoint)
+            assert (G, N) == (float(G2), float(N2))
+
+
 def test_grad_scaler_scaling_leaves_the_estimate_unchanged_and_overflow_is_skipped():
     n, B, k = 48, 16, 4
     a, w, *_ = population(n)
