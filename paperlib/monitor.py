@@ -4,11 +4,12 @@ current point, from gradients the training computes anyway, and Thm 5.6's critic
 Where the gradient estimates come from (``source``):
 
 * ``"micro_batches"`` (one process, gradient accumulation): k ≥ 2 micro-batch gradients at one
-  point. A hook on the parameters (``torch.autograd.graph.register_multi_grad_hook``) sees each
-  backward pass's gradient before it is added to ``p.grad``, keeps |g_j|² (a float64 scalar) and
-  adds g_j into one flat copy, whose |Σ_j g_j|² gives |ḡ|² at :meth:`NoiseMonitor.step`. No extra
-  backward, and what the loop does to ``p.grad`` afterwards (clipping, ``unscale_``,
-  ``zero_grad``) does not matter.
+  point. A hook on each parameter tensor (``Tensor.register_hook``) sees each backward pass's
+  gradient before it is added to ``p.grad``; per micro-batch the monitor keeps |g_j|² (a float64
+  scalar) and adds g_j into one flat copy, whose |Σ_j g_j|² gives |ḡ|² at
+  :meth:`NoiseMonitor.step` (:class:`paperlib.grad_taps.GradientTaps`). No extra backward, and
+  what the loop does to ``p.grad`` afterwards (clipping, ``unscale_``, ``zero_grad``) does not
+  matter.
 * ``"ranks"`` (``DistributedDataParallel``): every micro-batch on every rank is a source. The
   same hook gives each rank's Σ_j |g_rj|²; a DDP communication hook (DDP's own all-reduce, plus
   the norm of each all-reduced bucket) gives |ḡ|² of the global mean. Only three scalars per
