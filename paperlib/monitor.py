@@ -4,11 +4,12 @@ current point, from gradients the training computes anyway, and Thm 5.6's critic
 Where the gradient estimates come from (``source``):
 
 * ``"micro_batches"`` (one process, gradient accumulation): k ≥ 2 micro-batch gradients at one
-  point. A hook on the parameters (``torch.autograd.graph.register_multi_grad_hook``) sees each
-  backward pass's gradient before it is added to ``p.grad``, keeps |g_j|² (a float64 scalar) and
-  adds g_j into one flat copy, whose |Σ_j g_j|² gives |ḡ|² at :meth:`NoiseMonitor.step`. No extra
-  backward, and what the loop does to ``p.grad`` afterwards (clipping, ``unscale_``,
-  ``zero_grad``) does not matter.
+  point. A hook on each parameter tensor (``Tensor.register_hook``) sees each backward pass's
+  gradient before it is added to ``p.grad``; per micro-batch the monitor keeps |g_j|² (a float64
+  scalar) and adds g_j into one flat copy, whose |Σ_j g_j|² gives |ḡ|² at
+  :meth:`NoiseMonitor.step` (:class:`paperlib.grad_taps.GradientTaps`). No extra backward, and
+  what the loop does to ``p.grad`` afterwards (clipping, ``unscale_``, ``zero_grad``) does not
+  matter.
 * ``"ranks"`` (``DistributedDataParallel``): every micro-batch on every rank is a source. The
   same hook gives each rank's Σ_j |g_rj|²; a DDP communication hook (DDP's own all-reduce, plus
   the norm of each all-reduced bucket) gives |ḡ|² of the global mean. Only three scalars per
@@ -41,7 +42,7 @@ from .grad_taps import GradientTaps
 from .lsr import SQRT2, _check_c, simple_noise_scale
 from .monitor_logs import LOG_COLUMNS
 from .monitor_logs import NoiseLogs as _Logs  # the name NoiseMonitor.__init__ uses
-from .nsr import direct_nsr_from_norms
+from .nsr import _check_sampling, _corrected, _raw_from_norms
 from .sampling import Sampling, batch_coupled, warn_if_coupled_disjoint
 from .stepstats import StepStats
 from .validate import check_int, is_int
@@ -82,7 +83,8 @@ def estimate_from_norms(sum_sq: float, mean_sq: float, *, sources: int, batch_si
         sampling: how the sources' batches were drawn.
 
     Returns:
-        ``(G, N)`` as floats (G can be negative for one step; both unbiased).
+        ``(G, N)`` as floats (G can be negative for one step; both unbiased), equal to
+        :func:`paperlib.nsr.direct_nsr_from_norms`'s.
 
     Raises:
         ValueError: K < 2, B not a multiple of K, or sizes the sampling scheme cannot have.
@@ -93,9 +95,12 @@ def estimate_from_norms(sum_sq: float, mean_sq: float, *, sources: int, batch_si
     if batch_size % sources:
         raise ValueError(f"batch_size={batch_size} is not a multiple of the {sources} sources: "
                          "every micro-batch must hold B/K examples (use drop_last=True)")
-    G, N = direct_nsr_from_norms(sum_sq, mean_sq, sources, batch_size // sources, batch_size,
-                                 n=sampling.population, disjoint=sampling.disjoint)
-    return float(G), float(N)
+    b, n, disjoint = batch_size // sources, sampling.population, sampling.disjoint
+    _check_sampling(sources, b, batch_size, n, disjoint)
+    # direct_nsr_from_norms's float64 operations in the same order on Python floats: the same
+    # numbers, without the ~15 tensor ops a step would otherwise spend on two scalars
+    g_raw, n_raw = _raw_from_norms(float(sum_sq), float(mean_sq), sources)
+    return _corrected(g_raw, n_raw, b, batch_size, n, disjoint)
 
 
 class NoiseMonitor:
