@@ -28,7 +28,7 @@ from ..lsr import (
     predict_critical_batch_approx,
 )
 from ..sweeps import equilibrium_table, final_test_acc, sweep
-from .common import base_config, check_seeds, eq11_claims, group_means
+from .common import base_config, cadence, check_seeds, eq11_claims, group_means
 
 SETTINGS = {
     # Paper: η = 0.8·B/128, 300 epochs, ×0.1 at 250; B = 2 … 2048.
@@ -57,9 +57,7 @@ def configs(preset_name: str = "cpu", batch_sizes=None, seeds=(0,), base_batch: 
     base = base_config(preset_name, SETTINGS, **overrides)
     batch_sizes = batch_sizes or BATCHES[preset_name]
     return [base.replace(algo="sgd", batch_size=int(b), lr=base_lr * b / base_batch, seed=s,
-                         log_every=max(1, min(base.log_every, base.train_size // int(b))),
-                         eval_every=max(1, min(base.log_every, base.train_size // int(b)))
-                         * max(1, base.eval_every // base.log_every))
+                         **cadence(base, b, keep="ratio"))
             for b in batch_sizes for s in check_seeds(seeds) if b <= base.train_size]
 
 
