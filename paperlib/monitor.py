@@ -294,7 +294,10 @@ class NoiseMonitor:
                                            batch_size=self.batch_size, sampling=self.sampling)
         if reason is not None:
             self.skipped += 1
-            if reason not in self.skip_reasons and "drop_last" in reason:
+            # warn once for what is likely a mistake in the loop (a partial batch, or step()
+            # called with no backward since the last one, e.g. after zero_grad)
+            if reason not in self.skip_reasons and ("drop_last" in reason
+                                                    or reason.startswith("no backward")):
                 warnings.warn(f"NoiseMonitor skips steps: {reason}", stacklevel=2)
             self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
             return None

@@ -203,6 +203,18 @@ def test_huggingface_callback_added_late_warns_that_reporters_miss_it(tmp_path):
     assert not any(t.startswith("train/noise/") for t in _tensorboard_scalars(tmp_path / "runs"))
 
 
+def test_huggingface_callback_added_late_without_reporters_still_warns(tmp_path):
+    """add_callback puts it after the console printer too, whatever report_to says."""
+    pytest.importorskip("transformers")
+    from paperlib.callbacks.huggingface import NoiseMonitorCallback
+
+    trainer = _hf_trainer(tmp_path, _HFTiny(), [])
+    trainer.add_callback(NoiseMonitorCallback(batch_size=B,
+                                              sampling=paperlib.Sampling.shuffled(N_TRAIN)))
+    with pytest.warns(UserWarning, match=r"console printer .*attach"):
+        trainer.train()
+
+
 def test_huggingface_attach_refuses_a_second_monitor(tmp_path):
     pytest.importorskip("transformers")
     from paperlib.callbacks.huggingface import NoiseMonitorCallback

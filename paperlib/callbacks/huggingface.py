@@ -14,8 +14,9 @@ One process with k ≥ 2 micro-batches per step. The Trainer divides each micro-
 backward produces it, so the Trainer's clipping before ``on_pre_optimizer_step`` does not
 matter. With ``fp16=True`` pass ``scaler=trainer.accelerator.scaler``. Each measured step goes
 to ``<log_dir>/noise.csv`` / ``.jsonl`` (default ``<output_dir>/noise``) and TensorBoard when
-installed, and the latest values (``noise/G``, ``noise/N``, ``noise/N_over_G``,
-``noise/B_star``, ``noise/B_simple``) are added to the Trainer's training logs.
+installed, and the latest values are added to the Trainer's training logs: ``noise/G`` and
+``noise/N`` of the last optimizer step, ``noise/N_over_G``, ``noise/B_star`` and
+``noise/B_simple`` from the monitor's bias-corrected EMA (so N_over_G is not noise/N ÷ noise/G).
 
 Why :meth:`NoiseMonitorCallback.attach`: ``Trainer.log`` appends a copy of its ``logs`` dict to
 ``state.log_history`` and then hands that dict to every callback's ``on_log`` in list order.
@@ -122,8 +123,10 @@ class NoiseMonitorCallback(TrainerCallback):
             early = _logs_before(self._trainer, self)
             where = "run on_log before this callback"
         else:
-            early = list(args.report_to or [])
-            where = ("(report_to) log before the callbacks passed to Trainer(callbacks=...) or "
+            # Not attached: the report_to integrations always precede it, and after
+            # trainer.add_callback the console printer does too (it cannot tell which way).
+            early = list(args.report_to or []) or ["the console printer (after add_callback)"]
+            where = ("may log before a callback passed to Trainer(callbacks=...) or added with "
                      "trainer.add_callback")
         if early:
             warnings.warn(f"{', '.join(early)} {where}, so they will not see noise/G, noise/N, "
