@@ -22,10 +22,10 @@ from benchmarks.harness import (
     net_label,
     paired_ratio,
     synchronize,
-    test_pass,
 )
 from paperlib import models
 from paperlib.ngd import split_chunks
+from paperlib.passes import evaluate
 
 GROUP = "full-batch"  # the rows' name in the table and in --only
 
@@ -89,7 +89,7 @@ def max_pool_rows(b: Bench) -> list[Row]:
     setting = net_label("convnet", norm, r) + f" N={n} chunk={b.profile.chunk_size}"
     repeats = max(3, b.profile.repeats // 2 + 1)
     rows = []
-    for what, fn in (("GD step", step), ("test-set evaluation", lambda k: test_pass(
+    for what, fn in (("GD step", step), ("test-set evaluation", lambda k: evaluate(
             net.model, net.data, b.profile.chunk_size))):
         times = interleaved({"nchw": pooled(never, fn), "routed": pooled(routed, fn)}, b.device,
                             warmup=1, repeats=repeats, steps=1)

@@ -311,21 +311,6 @@ def build_net(cfg: RunConfig, data: DeviceData) -> Net:
     return net
 
 
-@torch.no_grad()
-def test_pass(model: torch.nn.Module, data: DeviceData, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (%) over the test set, BatchNorm in eval mode."""
-    was_training = model.training
-    model.eval()
-    loss, correct, count = 0.0, 0, 0
-    for x, y in data.test_batches(batch_size):
-        out = model(x)
-        loss += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        count += y.numel()
-    model.train(was_training)
-    return loss / count, 100.0 * correct / count
-
-
 @dataclass
 class Bench:
     profile: Profile

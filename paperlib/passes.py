@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .stepstats import StepStats
 
-__all__ = ["LossFn", "cat_or_none", "check_batch", "example_losses", "flat", "flat_grad",
-           "step_stats"]
+__all__ = ["LossFn", "cat_or_none", "check_batch", "evaluate", "example_losses", "flat",
+           "flat_grad", "step_stats"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -54,3 +55,19 @@ def check_batch(x, y, what: str) -> int:
         raise ValueError(f"{what}: x and y must have the same non-zero length, got "
                          f"{x.shape[0]} and {y.shape[0]}")
     return int(y.shape[0])
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data, batch_size: int = 1000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) of ``model`` on the whole test set of ``data`` (a
+    :class:`paperlib.data.DeviceData`), in batches of ``batch_size``, BatchNorm in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss, correct, count = 0.0, 0, 0
+    for x, y in data.test_batches(batch_size):
+        out = model(x)
+        loss += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+        count += y.numel()
+    model.train(was_training)
+    return loss / count, 100.0 * correct / count

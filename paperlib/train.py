@@ -31,6 +31,7 @@ from .history import HISTORY_COLUMNS, StepWindow, history_frame
 from .models import accelerate, build_model, trained_parameters
 from .ngd import split_chunks
 from .nsr import sampler_population
+from .passes import evaluate
 from .paths import data_root
 from .sampling import Sampling, batch_coupled, warn_if_coupled_disjoint
 from .schedules import (
@@ -164,21 +165,6 @@ def gradient(ctx: Context, k: int) -> StepStats:
 
 
 # --- evaluation -----------------------------------------------------------------------------------
-
-@torch.no_grad()
-def evaluate(model, data: DeviceData, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (%) on the whole test set (BN in eval mode)."""
-    was_training = model.training
-    model.eval()
-    loss, correct, count = 0.0, 0, 0
-    for x, y in data.test_batches(batch_size):
-        out = model(x)
-        loss += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        count += y.numel()
-    model.train(was_training)
-    return loss / count, 100.0 * correct / count
-
 
 def squared_norm(params) -> torch.Tensor:
     return sum(p.detach().square().sum() for p in params)
