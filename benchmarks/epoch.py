@@ -24,7 +24,7 @@ def rows(b: Bench) -> list[Row]:
         for name, opts in variants:
             cfg = preset("paper", dataset=b.dataset, subset=b._subset(), arch=arch, norm=norm,
                          batch_size=B, device=b.device.type, **opts)
-            ctx, step = b.stepper(cfg)
+            net, step = b.stepper(cfg)
             for k in range(8 if not opts.get("compile") else 16):  # BN's extra batch: k % 4
                 step(k)
             synchronize(b.device)
@@ -39,5 +39,5 @@ def rows(b: Bench) -> list[Row]:
                            net_label(arch, norm, 32, B) + f" {b.device.type}", per_epoch, "s",
                            "≤ 3 s (H100)" if cuda else "", (per_epoch <= 3) if cuda else None,
                            f"{n} steps timed, scaled to {steps_50k}; G/N on (paper defaults)"))
-            del ctx, step
+            del net, step
     return out

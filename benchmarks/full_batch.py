@@ -15,10 +15,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import Bench, Row, interleaved, net_label, paired_ratio, synchronize
+from benchmarks.harness import (
+    Bench,
+    Row,
+    interleaved,
+    net_label,
+    paired_ratio,
+    synchronize,
+)
 from paperlib import models
-from paperlib import train as T
 from paperlib.ngd import split_chunks
+from paperlib.passes import evaluate
 
 GROUP = "full-batch"  # the rows' name in the table and in --only
 
@@ -69,7 +76,7 @@ def max_pool_rows(b: Bench) -> list[Row]:
     n = min(b.profile.ngd_n, b.n_train)
     cfg = b.config(algo="gd", arch="convnet", norm=norm, resolution=r, batch_size=8,
                    subset=None if n == b.n_train else n, chunk_size=b.profile.chunk_size)
-    ctx, step = b.stepper(cfg)
+    net, step = b.stepper(cfg)
     routed = models.CHANNELS_LAST_POOL_MIN
 
     def pooled(limit: int, fn):
@@ -82,8 +89,8 @@ def max_pool_rows(b: Bench) -> list[Row]:
     setting = net_label("convnet", norm, r) + f" N={n} chunk={b.profile.chunk_size}"
     repeats = max(3, b.profile.repeats // 2 + 1)
     rows = []
-    for what, fn in (("GD step", step), ("test-set evaluation", lambda k: T.evaluate(
-            ctx.model, ctx.data, b.profile.chunk_size))):
+    for what, fn in (("GD step", step), ("test-set evaluation", lambda k: evaluate(
+            net.model, net.data, b.profile.chunk_size))):
         times = interleaved({"nchw": pooled(never, fn), "routed": pooled(routed, fn)}, b.device,
                             warmup=1, repeats=repeats, steps=1)
         ratio, note = paired_ratio(times, "nchw", "routed")
@@ -93,8 +100,8 @@ def max_pool_rows(b: Bench) -> list[Row]:
     # The CPU probe's own net (plain torch.nn, GroupNorm(8) eps 1e-5, the last
     # pool an adaptive 2×2 average) over the same N and chunks: the throughput the cpu
     # preset's time targets were derived from (39-43k samples/s at 8×8 on one thread there).
-    probe = probe_convnet(round(16 * cfg.width), ctx.data.num_classes).to(b.device)
-    chunks = [ctx.data.batch(torch.arange(c.start, c.stop, device=b.device))
+    probe = probe_convnet(round(16 * cfg.width), net.data.num_classes).to(b.device)
+    chunks = [net.data.batch(torch.arange(c.start, c.stop, device=b.device))
               for c in split_chunks(n, b.profile.chunk_size)]  # the slices GD's step uses
 
     def probe_pass(k: int) -> None:
@@ -136,7 +143,7 @@ def _proc_status(field: str) -> int:
 
 def ngd_pass_memory(b: Bench, cfg) -> float:
     """Bytes one NGD step needs above what is allocated before it (data and model included)."""
-    ctx, step = b.stepper(cfg)
+    net, step = b.stepper(cfg)
     gc.collect()
     if b.device.type == "cuda":
         synchronize(b.device)
@@ -159,5 +166,5 @@ def ngd_pass_memory(b: Bench, cfg) -> float:
             return float("nan")
         step(1)
         peak = _proc_status("VmHWM")
-    del ctx, step
+    del net, step
     return float(peak - base)

@@ -5,9 +5,13 @@ Every number with a target is a RATIO of two measurements taken in this process 
 The two sides run interleaved (A B, B A, A B, ...) so that drift on a shared machine hits both,
 warm-up steps are excluded, and the ratio is the median over repeats of the paired ratios.
 
-A step is one iteration of ``paperlib.train``'s loop body without logging: ``train.build`` and
-``train.gradient(ctx, k)`` (the run's batches through the public step functions of
-``paperlib.steps``), ``paperlib.set_grad``, the optimizer step and the loop's ``StepWindow``.
+A step is a training loop written with paperlib's public API only, doing what one iteration of
+``paperlib.train``'s loop body does without logging: the config's batch from a ``Sampler``
+(augmented on the device by ``DeviceData.batch``), the update rule's public step function
+(``sgd_step``, ``svag_step``, ``ngd_step``, ``gd_step``; G/N on the config's measuring steps, a
+BatchNorm net's extra batch, SVAG's 2B, NGD / GD over ``chunk_size`` chunks), ``set_grad``, the
+optimizer step and an on-device tally of the step's statistics. ``tests/test_bench.py`` checks
+that its gradients are bitwise those of ``paperlib.train``'s loop for every update rule.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from paperlib import set_grad
-from paperlib import train as T
-from paperlib.config import preset
-from paperlib.data import prepare
-from paperlib.history import StepWindow
+from paperlib import Sampling, StepStats, gd_step, ngd_step, seeding, set_grad, sgd_step, svag_step
+from paperlib.config import RunConfig, preset
+from paperlib.data import DeviceData, Sampler, prepare
+from paperlib.models import accelerate, build_model, trained_parameters
+from paperlib.ngd import split_chunks
+from paperlib.sampling import batch_coupled
 from paperlib.store import numerics
 
 NEVER = 10**9  # nsr_every / nsr_extra_every that never fires (step counters start at 1)
@@ -133,11 +139,15 @@ class Row:
         return f"{v:.3g} {self.unit}"
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[Row], quick: bool = False) -> str:
+    """The rows as a Markdown table. ``quick``: a few steps per row, which checks that every
+    row runs but measures nothing, so no row is said to hold or not."""
     lines = ["| group | measurement | setting | value | target | holds | note |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         holds = "" if r.ok is None else ("yes" if r.ok else "**no**")
+        if quick and r.ok is not None:
+            holds = "n/a (--quick)"
         lines.append(f"| {r.group} | {r.what} | {r.setting} | {r.formatted()} | {r.target} | "
                      f"{holds} | {r.note} |")
     return "\n".join(lines)
@@ -198,7 +208,108 @@ def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> tuple[float, 
     return statistics.median(ratios), f"range {lo:.3f}-{hi:.3f} over {len(ratios)} repeats"
 
 
-# --- paperlib's step for a config -----------------------------------------------------------------
+# --- a training step for a config, through paperlib's public API ---------------------------------
+
+def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy (the loss of every paper run)."""
+    return F.cross_entropy(out, y, reduction="none")
+
+
+class Tally:
+    """What the loop keeps of each step, on the device (no host sync): sums of loss, correct
+    predictions, |g|² and G / N, and whether every loss and gradient was finite."""
+
+    def __init__(self, device: torch.device):
+        z = torch.zeros((), device=device, dtype=torch.float64)
+        self.loss, self.correct, self.gsq, self.G, self.N = (z.clone() for _ in range(5))
+        self.finite = torch.ones((), device=device, dtype=torch.bool)
+
+    def add(self, s: StepStats) -> None:
+        loss, gsq = s.loss_sum.double(), s.grad_sq
+        self.loss += loss
+        self.gsq += gsq
+        if s.correct is not None:
+            self.correct += s.correct.double()
+        self.finite &= torch.isfinite(loss + gsq)
+        if s.G is not None:
+            self.G += s.G.double()
+            self.N += s.N.double()
+
+
+@dataclass
+class Net:
+    """A config's model, data and samplers, built with public functions (a user's loop)."""
+
+    config: RunConfig
+    model: torch.nn.Module
+    params: list
+    data: DeviceData
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model with the accelerator options
+    sampler: Sampler  # batches of B (SGD) or 2B (SVAG)
+    sampling: Sampling  # how a step's batch was drawn
+    extra_sampler: Sampler | None = None  # BatchNorm under SGD: independent batches for G/N
+    extra_sampling: Sampling | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def batch(self, idx: torch.Tensor, *keys: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Examples ``idx``, augmented (when the config says so) with a generator keyed by
+        (seed, ``keys``)."""
+        gen = seeding.generator(self.config.seed, *keys, device=self.device)
+        return self.data.batch(idx, augment=self.config.augment, generator=gen)
+
+    def gradient(self, k: int) -> StepStats:
+        """Step k's gradient through the update rule's public step function (G/N on the
+        config's measuring steps)."""
+        c, kw = self.config, dict(params=self.params, forward=self.forward)
+        if c.update_rule in ("ngd", "gd"):
+            n = self.data.train_size
+            chunks = (self.batch(torch.arange(s.start, s.stop, device=self.device),
+                                 seeding.STREAM_AUGMENT, k, j)
+                      for j, s in enumerate(split_chunks(n, c.chunk_size)))
+            if c.update_rule == "gd":
+                return gd_step(self.model, cross_entropy, chunks, n=n, chunk_size=c.chunk_size,
+                               **kw)
+            gen = seeding.generator(c.seed, seeding.STREAM_NGD, k, device=self.device)
+            return ngd_step(self.model, cross_entropy, chunks, n=n, batch_size=c.batch_size,
+                            generator=gen, chunk_size=c.chunk_size, **kw)
+        x, y = self.batch(self.sampler.indices(k, device=self.device), seeding.STREAM_AUGMENT, k)
+        if c.update_rule == "svag":
+            return svag_step(self.model, cross_entropy, x, y, l=c.l, sampling=self.sampling,
+                             measure=k % c.nsr_every == 0, **kw)
+        if self.extra_sampler is not None:  # BatchNorm: an extra batch every nsr_extra_every
+            measure = k % c.nsr_extra_every == 0
+            extra = (self.batch(self.extra_sampler.indices(k, device=self.device),
+                                seeding.STREAM_EXTRA, k) if measure else None)
+            return sgd_step(self.model, cross_entropy, x, y, sampling=self.extra_sampling,
+                            measure=measure, extra=extra, **kw)
+        return sgd_step(self.model, cross_entropy, x, y, sampling=self.sampling,
+                        measure=k % c.nsr_every == 0 and c.batch_size >= 2, **kw)
+
+
+def build_net(cfg: RunConfig, data: DeviceData) -> Net:
+    """The model (``build_model``, ``accelerate``), samplers and sampling scheme of ``cfg`` on
+    the prepared ``data``, as ``paperlib.train`` builds them on one process."""
+    device = data.device
+    model = build_model(cfg.arch, width=cfg.width, norm=cfg.norm, num_classes=data.num_classes,
+                        in_channels=data.in_channels, seed=cfg.seed).to(device).train()
+    n, B = data.train_size, cfg.batch_size
+    params = trained_parameters(model)
+    forward = accelerate(model, device, channels_last=cfg.channels_last, tf32=cfg.tf32,
+                         compile=cfg.compile, bf16=cfg.bf16)
+    svag = cfg.update_rule == "svag"
+    net = Net(cfg, model, params, data, forward, Sampler(cfg.sampler, n, B * (2 if svag else 1),
+                                                         cfg.seed),
+              Sampling.from_sampler(cfg.sampler, n))
+    if batch_coupled(model) and cfg.update_rule == "sgd":  # an independent extra batch stream
+        replacement = cfg.sampler == "replacement"
+        net.extra_sampler = Sampler("replacement" if replacement else "iid", n, B,
+                                    seeding.derive_seed(cfg.seed, seeding.STREAM_EXTRA) % (1 << 62))
+        net.extra_sampling = Sampling.with_replacement() if replacement else Sampling.independent(n)
+    return net
+
 
 @dataclass
 class Bench:
@@ -218,7 +329,7 @@ class Bench:
     def n_train(self) -> int:
         return len(self.raw.train_y)
 
-    def config(self, **kw):
+    def config(self, **kw) -> RunConfig:
         """A paper-preset RunConfig for measurements (no logging, no schedule, no G/N)."""
         base = dict(dataset=self.dataset, subset=self._subset(), device=self.device.type,
                     lr=0.1, steps=NEVER, milestones=(), augment=False, nsr_every=NEVER,
@@ -230,31 +341,31 @@ class Bench:
         s = self.profile.subset
         return None if s is None or s >= self.n_train else s
 
-    def build(self, cfg) -> T.Context:
-        """``train.build`` with the data set already in memory (prepared once per subset and
-        resolution)."""
+    def build(self, cfg: RunConfig) -> Net:
+        """:func:`build_net` on the data set already in memory (``prepare`` once per subset,
+        resolution and data seed)."""
         key = (cfg.subset, cfg.resolution, cfg.data_seed)
         if key not in self.prepared:
             self.prepared[key] = prepare(self.raw, subset=cfg.subset, resolution=cfg.resolution,
                                          device=self.device, seed=cfg.data_seed)
-        return T.build(cfg, self.device, data=self.prepared[key])
+        return build_net(cfg, self.prepared[key])
 
-    def stepper(self, cfg) -> tuple[T.Context, Callable[[int], None]]:
-        """One iteration of ``train``'s loop body (logging excluded) for ``cfg``."""
-        ctx = self.build(cfg)
-        opt = torch.optim.SGD(ctx.params, lr=cfg.step_lr, momentum=cfg.momentum,
+    def stepper(self, cfg: RunConfig) -> tuple[Net, Callable[[int], None]]:
+        """``step(k)``: one training step of ``cfg`` (gradient, ``set_grad``, SGD, tally)."""
+        net = self.build(cfg)
+        opt = torch.optim.SGD(net.params, lr=cfg.step_lr, momentum=cfg.momentum,
                               weight_decay=cfg.wd)
-        window = StepWindow(self.device)
+        tally = Tally(self.device)
 
         def step(k: int) -> None:
-            stats = T.gradient(ctx, k)
-            set_grad(ctx.params, stats.grad)
+            stats = net.gradient(k)
+            set_grad(net.params, stats.grad)
             opt.step()
-            window.add(k, stats)
+            tally.add(stats)
 
-        return ctx, step
+        return net, step
 
-    def time_pair(self, cfgs: dict[str, object], steps: int | None = None,
+    def time_pair(self, cfgs: dict[str, RunConfig], steps: int | None = None,
                   repeats: int | None = None, warmup: int | None = None) -> dict[str, list]:
         fns = {name: self.stepper(cfg)[1] for name, cfg in cfgs.items()}
         p = self.profile

@@ -4,6 +4,9 @@ Each row is a paired ratio measured in this run (``harness.interleaved``, median
 
 * accumulation: a plain loop step (k micro-batch backward passes, ``optimizer.step``) with the
   monitor's parameter hooks and ``mon.step()`` / the same step without the monitor;
+* the monitor's own time per step on that net, hooks and ``mon.step()`` apart (:func:`own_cost`;
+  CPU time on the CPU, which a busy machine inflates less than the ratio's wall time), and its
+  share of the step without the monitor;
 * DDP: a 2-rank gloo step on the CPU with the monitor's communication hook and its scalar
   all-reduce / the same DDP step with DDP's default all-reduce (two processes, one thread each);
 * the half-batch split (``sgd_step(measure=True)``: two half passes) / ``sgd_step`` without G/N,
@@ -16,15 +19,17 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import Row, interleaved, net_label, paired_ratio
+from benchmarks.harness import Row, interleaved, net_label, paired_ratio, synchronize
 from paperlib import NoiseMonitor, Sampling, set_grad, sgd_step
-from paperlib.models import build_model
+from paperlib.models import build_model, trained_parameters
 
 GROUP = "monitor"  # the rows' name in the table and in --only
 
@@ -55,6 +60,46 @@ def accumulation_stepper(model, x, y, k: int, mon: NoiseMonitor | None = None):
         opt.zero_grad(set_to_none=True)
 
     return step
+
+
+def own_cost(model, B: int, k: int, device: torch.device, repeats: int) -> tuple[float, float]:
+    """(µs per step of the monitor's hooks, µs of ``mon.step()``) on ``model``'s parameters.
+
+    The backward passes are stand-ins, loss = Σ_p ⟨c_jp, p⟩ for micro-batch j: autograd calls
+    the hook of every parameter tensor as on the net, with almost no compute of its own. The
+    hooks' time is the median over ``repeats`` of (k stand-in passes with the monitor) − (the
+    same without), paired; ``step()``'s is its median. CPU time (``time.process_time``) on the
+    CPU, wall time with synchronization on a GPU.
+    """
+    on, off = copy.deepcopy(model), copy.deepcopy(model)
+    mon = NoiseMonitor(on, batch_size=B, sampling=Sampling.shuffled(POPULATION))
+    g = torch.Generator().manual_seed(1)
+    cs = [[torch.randn(p.shape, generator=g).to(device) for p in trained_parameters(model)]
+          for _ in range(k)]
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+
+    def passes(net) -> float:
+        ps = trained_parameters(net)
+        synchronize(device)
+        t0 = clock()
+        for c in cs:
+            (sum((p * cj).sum() for p, cj in zip(ps, c, strict=True)) / k).backward()
+        synchronize(device)
+        return clock() - t0
+
+    hooks, steps = [], []
+    for r in range(repeats + 5):  # the first 5 are warm-up
+        t_on, t_off = passes(on), passes(off)
+        t0 = clock()
+        mon.step(lr=1e-3)
+        synchronize(device)
+        if r >= 5:
+            hooks.append(t_on - t_off)
+            steps.append(clock() - t0)
+        on.zero_grad(set_to_none=True)
+        off.zero_grad(set_to_none=True)
+    mon.remove()
+    return 1e6 * statistics.median(hooks), 1e6 * statistics.median(steps)
 
 
 def _ddp_worker(rank: int, world: int, init: str, out: str, size: tuple, timing: dict) -> None:
@@ -94,6 +139,16 @@ def rows(b) -> list[Row]:
     result.append(Row(GROUP, f"NoiseMonitor, accumulation (k={k} micro-batches): overhead",
                       setting + f" k={k}", 100 * (ratio - 1), "%", "≤ 2 %",
                       100 * (ratio - 1) <= 2, note + f"; {mon.measured} steps measured"))
+    repeats = 20 * p.repeats
+    hooks_us, step_us = own_cost(base, B, k, b.device, repeats)
+    calls = k * len(trained_parameters(base))
+    share = 100 * (hooks_us + step_us) * 1e-6 / statistics.median(times["off"])
+    clock = "CPU time" if b.device.type == "cpu" else "wall time"
+    result.append(Row(GROUP, f"NoiseMonitor, accumulation (k={k}): its own time per step "
+                      "(hooks + step())", setting + f" k={k}", hooks_us + step_us, "µs", "", None,
+                      f"{calls} hook calls {hooks_us:.0f} µs + step() {step_us:.0f} µs ({clock}, "
+                      f"medians over {repeats}); {share:.2f} % of the ratio row's step without the "
+                      "monitor"))
 
     if b.device.type == "cpu":
         import torch.multiprocessing as mp

@@ -17,7 +17,6 @@ from benchmarks.harness import (
     net_label,
     paired_ratio,
 )
-from paperlib import train as T
 
 GROUP = "online-nsr"  # the rows' name in the table and in --only
 
@@ -50,8 +49,8 @@ def rows(b: Bench) -> list[Row]:
         if B > b.n_train:
             continue
         net = dict(arch=arch, norm=norm, resolution=r, batch_size=B)
-        gctx, _ = b.stepper(b.config(algo="sgd", **net))
-        fns = {"grad": lambda k, c=gctx: T.gradient(c, k),
+        grad_net = b.build(b.config(algo="sgd", **net))
+        fns = {"grad": grad_net.gradient,
                "step": b.stepper(b.config(algo="sgd", **net))[1]}
         times = interleaved(fns, b.device, warmup=1, repeats=3, steps=1)
         count = max(200, 12800 // B)

@@ -39,8 +39,8 @@ def dataloader_stepper(b: Bench, cfg) -> tuple[Callable[[int], None], Callable[[
     """A conventional training step: DataLoader(workers) batch → device → forward/backward/SGD."""
     from torchvision import transforms
 
-    ctx = b.build(cfg)
-    model = ctx.model.train()
+    net = b.build(cfg)
+    model = net.model.train()
     mean, std = NORMALIZATION[b.dataset]
     tf = transforms.Compose([transforms.RandomCrop(32, padding=4),
                              transforms.RandomHorizontalFlip(), transforms.ToTensor(),
@@ -51,7 +51,7 @@ def dataloader_stepper(b: Bench, cfg) -> tuple[Callable[[int], None], Callable[[
     loader = torch.utils.data.DataLoader(
         ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=b.workers,
         pin_memory=b.device.type == "cuda", multiprocessing_context=mp)
-    opt = torch.optim.SGD(ctx.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    opt = torch.optim.SGD(net.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
 
     def batches():
         while True:
@@ -90,7 +90,7 @@ def rows(b: Bench) -> list[Row]:
         ratio, note = paired_ratio(times, "loader", "ours")  # = ours/loader in samples/s
         out += [
             Row(GROUP, "on-device pipeline (augment on device)", setting, fast, "samples/s",
-                note="paperlib.train step, G/N off"),
+                note="sgd_step on the on-device batch, G/N off"),
             Row(GROUP, f"DataLoader + PIL transforms, {b.workers} workers", setting, slow,
                 "samples/s", note="RandomCrop(32, 4) + flip + ToTensor + Normalize"),
             Row(GROUP, "throughput on-device / DataLoader", setting, ratio, "x", "", None, note),

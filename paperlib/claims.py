@@ -16,7 +16,9 @@ Intervals are two-sided at ``LEVEL`` (95 %). Helpers:
   absolute gap, max − min, a ratio), by drawing each mean from its sampling distribution with a
   fixed random seed, so re-plotting gives the same interval;
 - ``pooled_sd(groups)``: the seed-to-seed standard deviation pooled over groups that share a
-  setting (more degrees of freedom than any one group of 2–3 seeds).
+  setting (more degrees of freedom than any one group of 2–3 seeds);
+- ``increase_fraction(values)`` and ``increase_fraction_interval(estimates, df)``: how
+  monotonically a quantity grows along a sweep (Fig 3's G/N with B), with its interval.
 """
 
 from __future__ import annotations
@@ -114,6 +116,36 @@ def propagate(statistic: Callable[..., float], estimates: Mapping[str, tuple[flo
     values = np.asarray(statistic(**draws), dtype=float)
     lo, hi = np.quantile(values, [0.5 - LEVEL / 2, 0.5 + LEVEL / 2])
     return Interval(float(lo), float(hi), how)
+
+
+def increase_fraction(values):
+    """The fraction of consecutive increases along the last axis of ``values`` (1: strictly
+    increasing), e.g. G/N per batch size in increasing B (Fig 3). Vectorized over leading axes
+    (one row per Monte Carlo draw); NaN with fewer than 2 values."""
+    v = np.asarray(values, dtype=float)
+    if v.shape[-1] < 2:
+        return math.nan if v.ndim == 1 else np.full(v.shape[:-1], math.nan)
+    out = np.mean(np.diff(v, axis=-1) > 0, axis=-1)
+    return float(out) if v.ndim == 1 else out
+
+
+def increase_fraction_interval(estimates: Sequence[tuple[float, float]], df: float | None,
+                               how: str, transform: Callable | None = None) -> Interval:
+    """``LEVEL`` interval of :func:`increase_fraction` of a sweep's values, each drawn from its
+    (mean, standard error) in ``estimates`` (in sweep order) as :func:`propagate` draws them.
+
+    ``transform`` maps the drawn estimates to the values whose increase is counted (e.g.
+    ``lambda x: 1 / x`` when the estimates are N/G and the claim is about G/N).
+    """
+    if len(estimates) < 2:
+        return Interval(math.nan, math.nan, "fewer than 2 batch sizes")
+    names = [f"v{i}" for i in range(len(estimates))]
+
+    def statistic(**v):
+        x = np.stack([v[k] for k in names], axis=-1)
+        return increase_fraction(x if transform is None else transform(x))
+
+    return propagate(statistic, dict(zip(names, estimates, strict=True)), df, how)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from .constants import (
     PRESETS,
     RESOLUTIONS,
     SAMPLERS,
+    SCHEDULE_UNITS,
     SCHEDULES,
     parse_arch,
 )
@@ -30,6 +31,21 @@ from .svag import svag_lr, svag_steps
 from .validate import check_choice, check_number, is_int, is_whole
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str):
+    """The ``torch.device`` a run with ``device=name`` trains on here ("auto": CUDA when present).
+
+    Raises:
+        ValueError: ``name="cuda"`` on a machine without a CUDA device.
+    """
+    import torch  # here, so that reading and validating configs does not import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' is not allowed here: no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(name)
 
 
 @dataclass(frozen=True)
@@ -261,7 +277,7 @@ def validate(c: RunConfig) -> None:
     check_choice("dataset", c.dataset, DATASETS)
     check_choice("sampler", c.sampler, SAMPLERS)
     check_choice("schedule", c.schedule, SCHEDULES)
-    check_choice("schedule_unit", c.schedule_unit, ("epoch", "step"))
+    check_choice("schedule_unit", c.schedule_unit, SCHEDULE_UNITS)
     check_choice("device", c.device, DEVICES)
     validate_arch(c.arch)
     check_number("l", c.l, 1, what="SVAG's l (eq. 5)")

@@ -7,7 +7,11 @@ NORMS = ("bn", "gn", "none")
 DATASETS = ("cifar10", "cifar100", "svhn", "synthetic")
 SAMPLERS = ("reshuffle", "iid", "replacement", "fixed")
 PRESETS = ("smoke", "cpu", "paper")
-SCHEDULES = ("constant", "step", "cosine", "triangle")  # RunConfig.schedule (schedules.py)
+# Schedule.kind (schedules.py); "triangle" is piecewise_linear through the appendix's knots.
+SCHEDULE_KINDS = ("constant", "step", "cosine", "piecewise_linear", "triangle")
+# RunConfig.schedule: the kinds a config builds from its fields (piecewise_linear needs knots)
+SCHEDULES = tuple(k for k in SCHEDULE_KINDS if k != "piecewise_linear")
+SCHEDULE_UNITS = ("epoch", "step")  # Schedule.unit and RunConfig.schedule_unit
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "synthetic": 10}
 # The official (train, test) counts: RunConfig checks B and n against them before any data is
 # loaded, and the loader refuses a copy of a data set that does not have them.

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .config import RunConfig
 from .models import is_scale_invariant
-from .windows import block_summary
+from .windows import BLOCKS, block_se, block_summary
 
 __all__ = ["constant_lr_end", "constant_lr_phase", "constant_lr_window", "eq11_applies",
            "eq11_sides", "eq12_sides", "equilibrium_stats", "first_decay_step",
@@ -127,9 +127,6 @@ def constant_lr_window(history: pd.DataFrame, end: float | RunConfig,
     return history[(steps > start + start_frac * (end - start)) & (steps <= end)]
 
 
-BLOCKS = 10  # standard errors from this many contiguous block means of the window's rows
-
-
 def _window_errors(w: pd.DataFrame) -> dict:
     """Standard errors of the window means of G, N, R and of N/G over ``BLOCKS`` block means
     of the rows (:func:`paperlib.windows.block_summary`: consecutive rows are correlated)."""
@@ -137,16 +134,6 @@ def _window_errors(w: pd.DataFrame) -> dict:
     s = block_summary(list(w["G"]), list(w["N"]), R, blocks=BLOCKS)
     return {"G_se": s["G_se"], "N_se": s["N_se"], "N_over_G_se": s["N_over_G_se"],
             "R_se": s["R_se"]}
-
-
-def _block_se(values) -> float:
-    """Standard error of the mean of a correlated series over ``BLOCKS`` contiguous block
-    means (per value with fewer than 2 values per block; NaN with fewer than 2 values)."""
-    v = pd.Series(values, dtype=float).dropna().to_numpy()
-    per = len(v) // BLOCKS
-    if per >= 2:
-        v = v[len(v) - per * BLOCKS:].reshape(BLOCKS, per).mean(axis=1)
-    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) >= 2 else float("nan")
 
 
 def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: float | None = None,
@@ -237,7 +224,7 @@ def equilibrium_stats(history: pd.DataFrame, eta: float | None = None, lam: floa
             if "grad_sq" in w else pd.Series(dtype=float)
         if rhs and rhs == rhs:
             gap = (lhs + drift - rhs) / rhs
-            gap_se = (lhs + drift) / rhs * eta * _block_se(noise) / rhs
+            gap_se = (lhs + drift) / rhs * eta * block_se(noise, BLOCKS) / rhs
     return {
         "G": G, "N": N, "R": R, "grad_sq": gsq,
         "N_over_G": N / G if estimated and G else nan,

@@ -13,17 +13,29 @@ from .models import trained_parameters
 __all__ = ["GradientTaps"]
 
 
+# Largest model (elements) whose gradients are squared through a flat float64 copy on the CPU.
+STAGE_MAX = 1 << 24
+
+
 class GradientTaps:
     """Hooks on ``model``'s trained parameters (and, for source "ranks", DDP's communication
-    hook) that keep the float64 norms of each micro-batch's gradient and their sum.
+    hook) that keep the float64 squared norms of each micro-batch's gradient and their sum.
+
+    Per optimizer step of k micro-batches and P parameter tensors the cost is k·P hook calls
+    (each only stores the gradient), k flushes of two or three multi-tensor ops each, and a
+    few ops plus one host transfer in :meth:`norms`.
 
     Args:
         model: an ``nn.Module``, or a ``DistributedDataParallel`` one for source "ranks".
         source: "micro_batches" (one process) or "ranks" (DDP).
         accumulation: "mean" or "sum" (see :class:`paperlib.NoiseMonitor`).
+        stage: square the gradients through one flat float64 copy (``torch.dot``), not
+            ``torch._foreach_norm(..., dtype=float64)``; default: on the CPU for models up to
+            ``STAGE_MAX`` elements. Same numbers to float64 rounding either way.
     """
 
-    def __init__(self, model: torch.nn.Module, source: str, accumulation: str):
+    def __init__(self, model: torch.nn.Module, source: str, accumulation: str,
+                 stage: bool | None = None):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         module = model.module if isinstance(model, DDP) else model
@@ -35,12 +47,23 @@ class GradientTaps:
             raise ValueError("the model has no parameter with requires_grad=True")
         p0 = self.params[0]
         self._zero = torch.zeros((), dtype=torch.float64, device=p0.device)
-        self._norms_seen: list[torch.Tensor] = []  # |g_jp| of every (micro-batch, tensor)
+        d = sum(p.numel() for p in self.params)
+        if stage is None:
+            # torch's CPU _foreach_norm casts tensor by tensor to float64 (about twice the time
+            # of one cast copy into a kept buffer plus a dot); on a GPU it is one fused kernel
+            # without the copy, which would cost 8 bytes per parameter there
+            stage = p0.device.type == "cpu" and d <= STAGE_MAX
+        self._stage = (torch.zeros(d, dtype=torch.float64, device=p0.device) if stage
+                       else None)
+        self._stage_views = self._views_of(self._stage) if stage else None
+        self._sq: list[torch.Tensor] = []  # staged: Σ_p |g_jp|² of each micro-batch (float64)
+        self._norms: list[torch.Tensor] = []  # unstaged: |g_jp| of each (micro-batch, tensor)
         self._queue: list[torch.Tensor] = []  # gradients of the current micro-batch
         self._queue_idx: list[int] = []
         self._queued: set[int] = set()
         self._counts = [0] * len(self.params)  # backward passes seen per tensor
         self._acc = None  # the one flat copy Σ_j g_j (source micro_batches only)
+        self._fresh = True  # no micro-batch in the flat copy yet this step
         self._handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self.params)]
         if source == "ranks":
             import torch.distributed as dist
@@ -49,13 +72,20 @@ class GradientTaps:
             self._mean_sq = self._zero.clone()
             model.register_comm_hook(None, self._allreduce_hook)
 
+    def _views_of(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views of ``flat`` shaped like the parameters, in their order."""
+        views, offset = [], 0
+        for p in self.params:
+            views.append(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+        return views
+
     def _hook(self, i: int):
         """The hook of parameter i: sees its gradient from each backward pass (one micro-batch)
-        before it is added to ``p.grad`` and only queues it; :meth:`_flush` then takes the
-        float64 norms and adds the gradients into the flat copy with one ``torch._foreach_*``
-        call each (per-tensor torch ops cost a fixed ~1.5 ms per step on small nets). A tensor
-        seen twice marks the next micro-batch. Σ_j |g_j|² = Σ_(j,p) |g_jp|², so no pass needs
-        to know where a backward ends."""
+        before it is added to ``p.grad`` and only queues it; :meth:`_flush` then squares and
+        sums the queue with a few multi-tensor ops (per-tensor torch ops cost a fixed ~1.5 ms
+        per step on small nets). A tensor seen twice marks the next micro-batch. Σ_j |g_j|² =
+        Σ_(j,p) |g_jp|², so no pass needs to know where a backward ends."""
         def hook(g: torch.Tensor) -> None:
             if self.paused:
                 return
@@ -68,21 +98,47 @@ class GradientTaps:
 
         return hook
 
+    def _staged_sq(self, tensors: list[torch.Tensor], idx: list[int] | None = None
+                   ) -> torch.Tensor:
+        """Σ |t|² over ``tensors`` in float64 (0-d) through the flat float64 copy; ``idx``: the
+        parameters they are gradients of (None: ``tensors`` is the one flat sum)."""
+        if idx is None:
+            self._stage.copy_(tensors[0])
+        else:
+            if len(idx) < len(self.params):  # a micro-batch that missed some tensors
+                self._stage.zero_()
+            torch._foreach_copy_([self._stage_views[i] for i in idx], tensors)
+        return torch.dot(self._stage, self._stage)
+
+    def _sum_sq_parts(self) -> list[torch.Tensor]:
+        """0-d float64 tensors whose sum is this process's Σ_j |g_j|² of the step."""
+        if not self._norms:
+            return self._sq
+        v = torch.stack(self._norms)  # the unstaged path's |g_jp|, squared and summed at once
+        return [*self._sq, torch.dot(v, v)]
+
     def _flush(self) -> None:
-        """Norms and flat-copy sums of the queued gradients (one micro-batch's)."""
+        """Squared norm and flat-copy sum of the queued gradients (one micro-batch's)."""
         if not self._queue:
             return
-        self._norms_seen.extend(torch._foreach_norm(self._queue, 2, dtype=torch.float64))
+        if self._stage is None:
+            self._norms.extend(torch._foreach_norm(self._queue, 2, dtype=torch.float64))
+        else:
+            self._sq.append(self._staged_sq(self._queue, self._queue_idx))
         if self.source == "micro_batches":
             if self._acc is None:
                 d = sum(p.numel() for p in self.params)
                 dtype = torch.promote_types(self._queue[0].dtype, torch.float32)
                 self._acc = torch.zeros(d, dtype=dtype, device=self._queue[0].device)
-                self._views, offset = [], 0
-                for p in self.params:
-                    self._views.append(self._acc[offset:offset + p.numel()].view_as(p))
-                    offset += p.numel()
-            torch._foreach_add_([self._views[i] for i in self._queue_idx], self._queue)
+                self._views = self._views_of(self._acc)
+            views = [self._views[i] for i in self._queue_idx]
+            if self._fresh and len(views) == len(self._views):
+                torch._foreach_copy_(views, self._queue)  # = 0 + g_1: no zeroing pass
+            else:
+                if self._fresh:
+                    self._acc.zero_()
+                torch._foreach_add_(views, self._queue)
+            self._fresh = False
         self._queue, self._queue_idx, self._queued = [], [], set()
 
     def _allreduce_hook(self, _state, bucket):
@@ -101,28 +157,43 @@ class GradientTaps:
 
         return fut.then(done)
 
+    def _local_sums(self) -> tuple[float, float]:
+        """(Σ_j |g_j|², |Σ_j g_j|²) of this process's micro-batches (before any unscaling), with
+        one stack and one host transfer for both (on a GPU: one synchronization per step)."""
+        if self._acc is None:
+            mean_sq = self._zero
+        elif self._stage is None:
+            mean_sq = torch.linalg.vector_norm(self._acc, dtype=torch.float64).square()
+        else:
+            mean_sq = self._staged_sq([self._acc])
+        *parts, mean_sq = torch.stack([*self._sum_sq_parts(), mean_sq]).tolist()
+        self._fresh = True  # the next flush starts the flat sum afresh
+        return sum(parts), mean_sq  # k numbers; inf stays inf (fsum would raise on overflow)
+
+    def _rank_sums(self, k_local: int) -> tuple[float, float, int, bool]:
+        """(Σ_j |g_j|² over every rank's micro-batches, |ḡ|² of the all-reduced gradient, K,
+        whether the ranks ran different numbers of micro-batches)."""
+        import torch.distributed as dist
+
+        parts = self._sum_sq_parts()
+        sum_sq = torch.stack(parts).sum() if parts else self._zero
+        t = torch.stack([sum_sq, self._zero + k_local])
+        dist.all_reduce(t)  # the only extra communication: two scalars
+        sum_sq, k_total = t.tolist()
+        k_total = int(round(k_total))
+        mean_sq = float(self._mean_sq)
+        self._mean_sq = self._zero.clone()
+        return sum_sq, mean_sq, k_total, k_total != k_local * self.world
+
     def norms(self, scale: float) -> tuple[float, float, int, str | None]:
         """(Σ_j |g_j|², |ḡ|², K) in gradient units, or a reason to skip the step."""
         self._flush()
         k_local = max(self._counts)  # micro-batches: every tensor a micro-batch reaches
-        sum_sq = (torch.stack(self._norms_seen).square().sum() if self._norms_seen
-                  else self._zero.clone())
         if self.source == "ranks":
-            import torch.distributed as dist
-
-            t = torch.stack([sum_sq, self._zero + k_local])
-            dist.all_reduce(t)  # the only extra communication: two scalars
-            sum_sq, k_total = float(t[0]), int(round(float(t[1])))
-            mean_sq = float(self._mean_sq)
-            self._mean_sq = self._zero.clone()
-            unequal = k_total != k_local * self.world
+            sum_sq, mean_sq, k_total, unequal = self._rank_sums(k_local)
         else:
-            sum_sq, k_total, unequal = float(sum_sq), k_local, False
-            mean_sq = (float(torch.linalg.vector_norm(self._acc, dtype=torch.float64).square())
-                       if self._acc is not None else 0.0)
-            if self._acc is not None:
-                self._acc.zero_()
-        self._norms_seen, self._counts = [], [0] * len(self.params)
+            (sum_sq, mean_sq), k_total, unequal = self._local_sums(), k_local, False
+        self._sq, self._norms, self._counts = [], [], [0] * len(self.params)
         if unequal:
             return 0.0, 0.0, 0, "ranks ran different numbers of micro-batches"
         if k_total == 0:

@@ -22,6 +22,7 @@ linear layer with bias.
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -356,6 +357,40 @@ def build_model(arch: str, *, width: float = 1, norm: str = "bn", num_classes: i
 def trained_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters with requires_grad: what SGD updates, what weight decay and R = |x|² cover."""
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def accelerate(model: nn.Module, device: torch.device | str, *, channels_last: bool = False,
+               tf32: bool = True, compile: bool = False, bf16: bool = False
+               ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Apply the accelerator options (``RunConfig.channels_last``, ``tf32``, ``compile``,
+    ``bf16``) to a built model on ``device`` and return its forward pass with them, for the
+    ``forward=`` argument of the step functions.
+
+    ``channels_last`` puts the model (and each batch, in the returned forward) in NHWC memory
+    format; ``compile`` compiles the model in place (parameters and state_dict keys unchanged);
+    ``bf16`` runs the forward (so the backward) under bfloat16 autocast with the output cast
+    back to float32. TF32 is a process-wide CUDA switch, set here from the model being built;
+    CPU convolutions and matmuls are always full fp32. With every option off the forward is
+    ``model(x)``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":  # the allow_tf32 flags: code reading either torch API sees them
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compile:
+        model.compile()  # in place: parameters and state_dict keys are unchanged
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if bf16:  # forward (so backward) in bfloat16 where autocast allows; loss fp32
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return model(x).float()
+        return model(x)
+
+    return forward
 
 
 @torch.no_grad()

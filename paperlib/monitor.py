@@ -4,11 +4,12 @@ current point, from gradients the training computes anyway, and Thm 5.6's critic
 Where the gradient estimates come from (``source``):
 
 * ``"micro_batches"`` (one process, gradient accumulation): k ≥ 2 micro-batch gradients at one
-  point. A hook on the parameters (``torch.autograd.graph.register_multi_grad_hook``) sees each
-  backward pass's gradient before it is added to ``p.grad``, keeps |g_j|² (a float64 scalar) and
-  adds g_j into one flat copy, whose |Σ_j g_j|² gives |ḡ|² at :meth:`NoiseMonitor.step`. No extra
-  backward, and what the loop does to ``p.grad`` afterwards (clipping, ``unscale_``,
-  ``zero_grad``) does not matter.
+  point. A hook on each parameter tensor (``Tensor.register_hook``) sees each backward pass's
+  gradient before it is added to ``p.grad``; per micro-batch the monitor keeps |g_j|² (a float64
+  scalar) and adds g_j into one flat copy, whose |Σ_j g_j|² gives |ḡ|² at
+  :meth:`NoiseMonitor.step` (:class:`paperlib.grad_taps.GradientTaps`). No extra backward, and
+  what the loop does to ``p.grad`` afterwards (clipping, ``unscale_``, ``zero_grad``) does not
+  matter.
 * ``"ranks"`` (``DistributedDataParallel``): every micro-batch on every rank is a source. The
   same hook gives each rank's Σ_j |g_rj|²; a DDP communication hook (DDP's own all-reduce, plus
   the norm of each all-reduced bucket) gives |ḡ|² of the global mean. Only three scalars per
@@ -23,15 +24,13 @@ window their means with standard errors over block means
 N/G and G/N with error bars, Thm 5.6's B* = B·C²(1 + N/G) next to McCandlish et al.'s
 B_simple = Tr Σ₁/|∇L|², and whether the LR was constant over the window (the equilibrium
 quantities of Thm 5.6 are means in a constant-LR phase). Rows go to CSV and JSONL files (always,
-with ``log_dir``) and TensorBoard (when installed); the CSV feeds ``python -m paperlib
-predict-lsr noise.csv --batch-size B``.
+with ``log_dir``) and TensorBoard (when installed), written by :mod:`paperlib.monitor_logs`; the
+CSV feeds ``python -m paperlib predict-lsr noise.csv --batch-size B``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import math
 import warnings
 from collections import deque
@@ -41,7 +40,9 @@ import torch
 
 from .grad_taps import GradientTaps
 from .lsr import SQRT2, _check_c, simple_noise_scale
-from .nsr import direct_nsr_from_norms
+from .monitor_logs import LOG_COLUMNS
+from .monitor_logs import NoiseLogs as _Logs  # the name NoiseMonitor.__init__ uses
+from .nsr import _check_sampling, _corrected, _raw_from_norms
 from .sampling import Sampling, batch_coupled, warn_if_coupled_disjoint
 from .stepstats import StepStats
 from .validate import check_int, is_int
@@ -51,9 +52,6 @@ __all__ = ["LOG_COLUMNS", "SOURCES", "NoiseMonitor", "estimate_from_norms"]
 
 SOURCES = ("micro_batches", "ranks", "step_stats")
 ACCUMULATION = ("mean", "sum")
-LOG_COLUMNS = ("step", "effective_step", "lr", "batch_size", "sources", "G", "N", "grad_sq",
-               "sum_sq", "ema_G", "ema_N", "ema_N_over_G", "ema_B_star", "ema_B_simple",
-               "skipped")
 
 
 def estimate_from_norms(sum_sq: float, mean_sq: float, *, sources: int, batch_size: int,
@@ -85,7 +83,8 @@ def estimate_from_norms(sum_sq: float, mean_sq: float, *, sources: int, batch_si
         sampling: how the sources' batches were drawn.
 
     Returns:
-        ``(G, N)`` as floats (G can be negative for one step; both unbiased).
+        ``(G, N)`` as floats (G can be negative for one step; both unbiased), equal to
+        :func:`paperlib.nsr.direct_nsr_from_norms`'s.
 
     Raises:
         ValueError: K < 2, B not a multiple of K, or sizes the sampling scheme cannot have.
@@ -96,47 +95,12 @@ def estimate_from_norms(sum_sq: float, mean_sq: float, *, sources: int, batch_si
     if batch_size % sources:
         raise ValueError(f"batch_size={batch_size} is not a multiple of the {sources} sources: "
                          "every micro-batch must hold B/K examples (use drop_last=True)")
-    G, N = direct_nsr_from_norms(sum_sq, mean_sq, sources, batch_size // sources, batch_size,
-                                 n=sampling.population, disjoint=sampling.disjoint)
-    return float(G), float(N)
-
-
-class _Logs:
-    """CSV + JSONL rows (and TensorBoard scalars when the package is installed)."""
-
-    def __init__(self, log_dir: Path, tensorboard: bool | None, name: str):
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.csv_path, self.jsonl_path = log_dir / f"{name}.csv", log_dir / f"{name}.jsonl"
-        self._csv_file = open(self.csv_path, "w", newline="")  # noqa: SIM115 (closed in close)
-        self._csv = csv.DictWriter(self._csv_file, LOG_COLUMNS)
-        self._csv.writeheader()
-        self._jsonl = open(self.jsonl_path, "w")  # noqa: SIM115
-        self.tb = None
-        if tensorboard is not False:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # tensorboard not installed
-                if tensorboard:
-                    raise ImportError("tensorboard=True needs the tensorboard package: pip "
-                                      "install 'paperlib[monitor]'") from e
-            else:
-                self.tb = SummaryWriter(str(log_dir))
-
-    def write(self, row: dict) -> None:
-        self._csv.writerow(row)
-        self._csv_file.flush()
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
-        if self.tb is not None:
-            for k in ("G", "N", "ema_N_over_G", "ema_B_star", "ema_B_simple", "lr"):
-                if row[k] is not None and math.isfinite(row[k]):
-                    self.tb.add_scalar(f"noise/{k}", row[k], row["step"])
-
-    def close(self) -> None:
-        self._csv_file.close()
-        self._jsonl.close()
-        if self.tb is not None:
-            self.tb.close()
+    b, n, disjoint = batch_size // sources, sampling.population, sampling.disjoint
+    _check_sampling(sources, b, batch_size, n, disjoint)
+    # direct_nsr_from_norms's float64 operations in the same order on Python floats: the same
+    # numbers, without the ~15 tensor ops a step would otherwise spend on two scalars
+    g_raw, n_raw = _raw_from_norms(float(sum_sq), float(mean_sq), sources)
+    return _corrected(g_raw, n_raw, b, batch_size, n, disjoint)
 
 
 class NoiseMonitor:
@@ -330,7 +294,10 @@ class NoiseMonitor:
                                            batch_size=self.batch_size, sampling=self.sampling)
         if reason is not None:
             self.skipped += 1
-            if reason not in self.skip_reasons and "drop_last" in reason:
+            # warn once for what is likely a mistake in the loop (a partial batch, or step()
+            # called with no backward since the last one, e.g. after zero_grad)
+            if reason not in self.skip_reasons and ("drop_last" in reason
+                                                    or reason.startswith("no backward")):
                 warnings.warn(f"NoiseMonitor skips steps: {reason}", stacklevel=2)
             self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
             return None

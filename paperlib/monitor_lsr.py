@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .claims import Claim, Interval, check
+from .claims import Claim, Interval, check, increase_fraction, increase_fraction_interval
 from .constants import DATASET_SIZES, PRESETS
 from .equilibrium import equilibrium_stats
 from .files import StaleResultError, atomic_write_bytes
@@ -244,15 +244,14 @@ def claims(per_b: pd.DataFrame, info: dict, dataset: str = "cifar10") -> list[Cl
     """
     rng = np.random.default_rng(0)
     bs = per_b["B"].to_numpy(dtype=float)
-    g_over_n = per_b["G_over_N"].to_numpy(dtype=float)
-    ups = sum(b > a for a, b in zip(g_over_n, g_over_n[1:], strict=False))
-    frac = ups / max(1, len(g_over_n) - 1)
+    frac = increase_fraction(per_b["G_over_N"].to_numpy(dtype=float))
     # N/G per B drawn from its window mean ± block SE (normal), as G/N = 1 / (N/G)
-    nog = np.stack([m + se * rng.standard_normal(_DRAWS) for m, se in
-                    zip(per_b["N_over_G"], per_b["N_over_G_se"], strict=True)], axis=1)
-    fracs = np.mean(np.diff(1 / nog, axis=1) > 0, axis=1)
-    frac_iv = Interval(*np.quantile(fracs, [0.025, 0.975]),
-                       "95 % interval; one run per B: block SE of N/G in each window only")
+    n_over_g = list(zip(per_b["N_over_G"], per_b["N_over_G_se"], strict=True))
+    frac_iv = increase_fraction_interval(
+        n_over_g, None, "95 % interval; one run per B: block SE of N/G in each window only",
+        transform=lambda nog: 1 / nog)
+    # the same draws again (propagate's stream), for the baseline's B* and B_simple below
+    nog = np.stack([m + se * rng.standard_normal(_DRAWS) for m, se in n_over_g], axis=1)
     n_test = DATASET_SIZES[dataset][1]
     p = per_b["test_error"].to_numpy(dtype=float) / 100
     err = np.stack([100 * (q + np.sqrt(q * (1 - q) / n_test) * rng.standard_normal(_DRAWS))

@@ -96,6 +96,13 @@ def noise_trace(trace_sigma1, batch_size: int, n: int | None = None):
         t = float(trace_sigma1)
         if not math.isfinite(t) or t < 0.0:
             raise ValueError(f"trace_sigma1 must be a finite number >= 0, got {trace_sigma1!r}")
+    return _noise_trace(trace_sigma1, batch_size, n)
+
+
+def _noise_trace(trace_sigma1, batch_size: int, n: int | None):
+    """:func:`noise_trace`'s arithmetic without its checks, on floats and tensors alike: the
+    estimators below have validated the sizes, and their Tr Σ̂₁ from norms can come out a
+    rounding error below 0 when the gradients are nearly equal."""
     out = trace_sigma1 / batch_size
     if n is not None:
         out = out * ((n - batch_size) / (n - 1))
@@ -146,7 +153,15 @@ def _corrected(g_raw, n_raw, b: int, batch_size: int, n: int | None, disjoint: b
     else:
         trace1 = n_raw * (b * (n - 1) / (n - b))
         g_hat = g_raw
-    return g_hat, noise_trace(trace1, batch_size, n)
+    return g_hat, _noise_trace(trace1, batch_size, n)
+
+
+def _raw_from_norms(sum_sq, mean_sq, k: int):
+    """(Ĝ_raw, N̂_raw) from Σ_j |g_j|² and |ḡ|² of k gradients: the same float64 operations on
+    Python floats (a monitor's per-step scalars, no tensor ops) and on tensors."""
+    mean_j = sum_sq / k
+    g_raw = (k * mean_sq - mean_j) / (k - 1)
+    return g_raw, mean_j - g_raw
 
 
 def direct_nsr(
@@ -248,9 +263,7 @@ def direct_nsr_from_norms(
     _check_sampling(k, b, batch_size, n, disjoint)
     s = torch.as_tensor(sum_sq, dtype=torch.float64)
     m = torch.as_tensor(mean_sq, dtype=torch.float64, device=s.device)
-    mean_j = s / k
-    g_raw = (k * m - mean_j) / (k - 1)
-    return _corrected(g_raw, mean_j - g_raw, b, batch_size, n, disjoint)
+    return _corrected(*_raw_from_norms(s, m, k), b, batch_size, n, disjoint)
 
 
 def online_nsr(

@@ -11,7 +11,7 @@ import math
 import os
 import time
 
-from .config import RunConfig
+from .config import RunConfig, resolve_device
 from .constants import DATASET_CLASSES, DATASET_SIZES
 
 LONG_HOURS = 3.0  # unattended work above this needs an explicit go-ahead
@@ -77,8 +77,6 @@ def estimate_seconds(configs: list[RunConfig]) -> list[float]:
 
 def device_of(config: RunConfig) -> str:
     """The device the run will train on here (``device='auto'``: CUDA when present)."""
-    from .train import resolve_device
-
     return str(resolve_device(config.device))
 
 

@@ -14,6 +14,9 @@ import pandas as pd
 import seaborn as sns
 
 from . import paths
+from .theory import ou_slopes, thm52_table
+from .theory.moments import MAX_REL_ERR
+from .theory.tails import HEAVY_BELOW
 
 
 def paper_style() -> None:
@@ -173,8 +176,6 @@ def _style(i: int):
 def theory_lemma47(df: pd.DataFrame):
     """Left: max relative error over B of each Lemma 4.7 moment vs l (printed (iii) included).
     Right: |E Δ^{⊗3}|_F and sqrt(E|Δ|⁸) vs l per B, against an l⁻² guide."""
-    from .theory.moments import MAX_REL_ERR
-
     fig, (ax1, ax2) = _axes()
     worst = df.dropna(subset=["rel_err"]).groupby(["moment", "l"]).rel_err.max().reset_index()
     for i, (moment, d) in enumerate(worst.groupby("moment", sort=False)):
@@ -204,8 +205,6 @@ def theory_weak_ou(df: pd.DataFrame, fit_min_l: int):
     """Left: SVAG's weak error vs l at fixed η with the fitted slope (Thm 4.3: ∀T, η ∃l).
     Right: SGD's weak error vs η, next to how far the SDE itself is from gradient flow
     (Li et al. 2019a: ∀T ∃η)."""
-    from .theory import ou_slopes
-
     fig, (ax1, ax2) = _axes()
     sv = df[df.scheme == "svag"]
     slopes = ou_slopes(df, fit_min_l)
@@ -276,8 +275,6 @@ def theory_equilibrium(df: pd.DataFrame):
     ax1.set(xlim=lim, ylim=lim, xlabel="rhs: η(G + N)  |  ηN",
             ylabel="lhs: (2 − ηλ)λR  |  2λR", title="Equilibrium norm identities")
     ax1.legend(fontsize=8)
-    from .theory import thm52_table
-
     t = thm52_table(df).sort_values("G_over_N")
     ax2.plot(t.G_over_N, t.R_ratio, marker="o", ls="-", label="measured R∞ / R̄∞")
     ax2.plot(t.G_over_N, t.R_ratio_pred, marker="x", ls="none",
@@ -326,8 +323,6 @@ def theory_lsr(df: pd.DataFrame):
 
 def theory_tail_index(df: pd.DataFrame, anisotropy_claim: float):
     """Left: α̂ of Gaussian vectors vs anisotropy. Right: α̂ per case (every replicate)."""
-    from .theory.tails import HEAVY_BELOW
-
     fig, (ax1, ax2) = _axes()
     gs = df[df.case == "gaussian"].groupby("anisotropy").alpha_hat.agg(["mean", "std"])
     ax1.errorbar(gs.index, gs["mean"], yerr=gs["std"], marker="o", capsize=3,

@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from paperlib.constants import SCHEDULE_KINDS as KINDS
+from paperlib.constants import SCHEDULE_UNITS as UNITS
 from paperlib.validate import as_real, check_int
 
 __all__ = [
@@ -41,9 +43,6 @@ __all__ = [
     "step_schedule",
     "triangle_schedule",
 ]
-
-KINDS = ("constant", "step", "cosine", "piecewise_linear", "triangle")
-UNITS = ("epoch", "step")
 
 
 def base_time(

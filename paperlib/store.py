@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .config import RunConfig
+from .config import RunConfig, resolve_device
 from .files import StaleResultError, atomic_write_bytes, sha256
 from .history import history_to_csv, read_history
 from .paths import runs_root
@@ -261,7 +261,7 @@ def run(
         atomic_write_bytes(d / "history.csv", history_to_csv(pd.DataFrame(state["history"])))
         write_manifest(d, "partial", {"step": state["step"], "numerics": numerics(device)})
 
-    device = str(_resolve_device(config))
+    device = str(resolve_device(config.device))
     if not is_writer():  # a DDP rank > 0: trains in lockstep, rank 0 writes the run
         result = train(config, resume=resume, progress=False, step_callback=step_callback)
         return RunResult(config, result.history, result.status, result.diverged_step, d, {})
@@ -281,12 +281,6 @@ def run(
     manifest = write_manifest(d, result.status, extra)
     return RunResult(config, read_history(d / "history.csv"), result.status,
                      result.diverged_step, d, manifest)
-
-
-def _resolve_device(config: RunConfig):
-    from .train import resolve_device
-
-    return resolve_device(config.device)
 
 
 def _load_checkpoint(d: Path) -> dict | None:

@@ -17,6 +17,7 @@ equal on CPU.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -24,12 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed, seeding
-from .config import RunConfig
+from .config import RunConfig, resolve_device
 from .data import DeviceData, RawDataset, Sampler, load_dataset, prepare
 from .history import HISTORY_COLUMNS, StepWindow, history_frame
-from .models import build_model, trained_parameters
+from .models import accelerate, build_model, trained_parameters
 from .ngd import split_chunks
 from .nsr import sampler_population
+from .passes import evaluate
 from .paths import data_root
 from .sampling import Sampling, batch_coupled, warn_if_coupled_disjoint
 from .schedules import (
@@ -56,14 +58,6 @@ class TrainResult:
     diverged_step: int | None
     state: dict  # the final checkpoint state
     device: str
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' is not allowed here: no CUDA device; use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 def schedule_from_config(config: RunConfig) -> tuple[Schedule, Schedule]:
@@ -99,17 +93,9 @@ class Context:
     sampling: Sampling  # how a step's batch (SGD halves, SVAG's γ1/γ2) was drawn
     extra_sampling: Sampling | None  # how the extra batch relates to the step's batch
     device: torch.device
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model with the accelerator options
     ranks: distributed.Ranks | None = None  # K > 1 processes (DDP) share each step
     bn_merge: distributed.BatchNormMerge | None = None  # SVAG with BatchNorm on 2 ranks
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's output with the run's accelerator options (memory format, bf16)."""
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.config.bf16:  # forward (so backward) in bfloat16 where autocast allows; loss fp32
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self.model(x).float()
-        return self.model(x)
 
     def batch(self, idx, *keys: int):
         """Examples ``idx`` on the device, augmented with a generator keyed by ``keys``."""
@@ -180,21 +166,6 @@ def gradient(ctx: Context, k: int) -> StepStats:
 
 # --- evaluation -----------------------------------------------------------------------------------
 
-@torch.no_grad()
-def evaluate(model, data: DeviceData, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (%) on the whole test set (BN in eval mode)."""
-    was_training = model.training
-    model.eval()
-    loss, correct, count = 0.0, 0, 0
-    for x, y in data.test_batches(batch_size):
-        out = model(x)
-        loss += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        count += y.numel()
-    model.train(was_training)
-    return loss / count, 100.0 * correct / count
-
-
 def squared_norm(params) -> torch.Tensor:
     return sum(p.detach().square().sum() for p in params)
 
@@ -256,23 +227,11 @@ def build(config: RunConfig, device: torch.device, *, model: torch.nn.Module | N
     ranks = distributed.current()
     distributed.check_supported(config, coupled, ranks)
     params = trained_parameters(model)
-    accelerator_options(config, model, device)
+    forward = accelerate(model, device, channels_last=config.channels_last, tf32=config.tf32,
+                         compile=config.compile, bf16=config.bf16)
     merge = distributed.BatchNormMerge(model) if ranks is not None and coupled else None
     return Context(config, model, params, data, sampler, extra, coupled, sampling,
-                   extra_sampling, device, ranks, merge)
-
-
-def accelerator_options(config: RunConfig, model: torch.nn.Module, device: torch.device) -> None:
-    """Apply ``channels_last``, ``tf32`` and ``compile`` to a built model (``bf16`` autocast
-    is applied per pass in ``Context.forward``). TF32 is a process-wide CUDA switch, set from
-    the config of the run being built; CPU convolutions and matmuls are always full fp32."""
-    if device.type == "cuda":  # the allow_tf32 flags: code reading either torch API sees them
-        torch.backends.cuda.matmul.allow_tf32 = config.tf32
-        torch.backends.cudnn.allow_tf32 = config.tf32
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if config.compile:
-        model.compile()  # in place: parameters and state_dict keys are unchanged
+                   extra_sampling, device, forward, ranks, merge)
 
 
 def train(

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["NSRWindow", "block_summary"]
+import numpy as np
+
+__all__ = ["BLOCKS", "NSRWindow", "block_se", "block_slices", "block_summary"]
+
+BLOCKS = 10  # standard errors from this many contiguous block means of a window
 
 
 class NSRWindow:
@@ -110,12 +114,34 @@ class NSRWindow:
         return out
 
 
-def block_summary(G, N, R=None, blocks: int = 10) -> dict[str, float]:
+def block_slices(count: int, blocks: int = BLOCKS) -> list[slice]:
+    """The blocks of a window of ``count`` consecutive values: ``blocks`` contiguous slices of
+    equal size ``count // blocks``, the oldest remainder left out; none (errors per value) when a
+    block would hold fewer than 2 values or ``blocks`` is 0."""
+    per = count // blocks if blocks else 0
+    if per < 2:
+        return []
+    return [slice(i, i + per) for i in range(count - per * blocks, count, per)]
+
+
+def block_se(values, blocks: int = BLOCKS) -> float:
+    """Standard error of the mean of a correlated series (NaN values dropped) over the means of
+    its :func:`block_slices` (per value with fewer than 2 values per block; NaN with fewer than 2
+    values)."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    parts = block_slices(len(v), blocks)
+    if parts:
+        v = v[parts[0].start:].reshape(len(parts), -1).mean(axis=1)
+    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) >= 2 else float("nan")
+
+
+def block_summary(G, N, R=None, blocks: int = BLOCKS) -> dict[str, float]:
     """:meth:`NSRWindow.summary` of a window of per-step (or per-row) estimates, with standard
-    errors over ``blocks`` contiguous block means instead of single values: consecutive steps
-    are correlated, so per-step standard errors are too small. The blocks hold equal numbers of
-    values (the oldest remainder is left out of the errors, not of the means); with fewer than
-    2 values per block the errors are per value.
+    errors over the means of its ``blocks`` :func:`block_slices` instead of single values:
+    consecutive steps are correlated, so per-step standard errors are too small. The blocks hold
+    equal numbers of values (the oldest remainder is left out of the errors, not of the means);
+    with fewer than 2 values per block the errors are per value.
 
     Args:
         G, N: sequences of per-step Ĝ and N̂ (finite), equal length.
@@ -131,13 +157,12 @@ def block_summary(G, N, R=None, blocks: int = 10) -> dict[str, float]:
     for g, n, r in zip(G, N, R, strict=True):
         full.add(g, n, r)
     out = {**full.summary(), "se_from": "values"}
-    per = len(G) // blocks if blocks else 0
-    if per >= 2:
-        start = len(G) - per * blocks
+    parts = block_slices(len(G), blocks)
+    if parts:
         bw = NSRWindow()
-        for i in range(start, len(G), per):
-            rs = R[i:i + per]
-            bw.add(sum(G[i:i + per]) / per, sum(N[i:i + per]) / per,
+        for s in parts:
+            per, rs = s.stop - s.start, R[s]
+            bw.add(sum(G[s]) / per, sum(N[s]) / per,
                    None if any(r is None for r in rs) else sum(rs) / per)
         b = bw.summary()
         out.update({k: b[k] for k in ("G_se", "N_se", "R_se", "N_over_G_se")},

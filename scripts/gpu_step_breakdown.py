@@ -3,8 +3,9 @@ table"): host launch overhead against GPU work.
 
 For PreResNet-32 (GN and BN) at B = 128 and 1024 on synthetic 32×32 data it prints, as JSON:
   - the host cost of launching one trivial op (``x.add_(1)``, µs);
-  - ``train``'s loop body (``benchmarks.harness.Bench.stepper``) with the online G/N estimate on
-    (the paper default) and off, ms per step;
+  - a training step (``benchmarks.harness.Bench.stepper``: the public step functions, as in
+    ``train``'s loop body) with the online G/N estimate on (the paper default) and off, ms per
+    step;
   - the model's forward + backward alone, eager and replayed as one CUDA graph, ms: the graph
     replay is the GPU's own time, so eager − graph is host overhead;
   - the step with ``compile=True`` (torch.compile, default mode), GN at B = 128.
@@ -67,12 +68,12 @@ def main(argv=None) -> int:
     res["launch_us"] = timed(lambda k: x.add_(1), 2000, 10) * 1e3
     report()
 
-    def model_pass(ctx, B, graph):
+    def model_pass(net, B, graph):
         xb = torch.randn(B, 3, 32, 32, device=dev)
         yb = torch.randint(0, 10, (B,), device=dev)
 
         def fb(_k=0):
-            return torch.autograd.grad(F.cross_entropy(ctx.model(xb), yb), ctx.params)
+            return torch.autograd.grad(F.cross_entropy(net.model(xb), yb), net.params)
 
         if not graph:
             return fb
@@ -93,11 +94,11 @@ def main(argv=None) -> int:
                          batch_size=B, device=dev.type)
             key = f"{norm}_B{B}"
             res[f"{key}_step_ms_nsr_on"] = timed(bench.stepper(cfg)[1], a.steps, 10)
-            ctx, step = bench.stepper(cfg.replace(nsr_every=NEVER, nsr_extra_every=NEVER))
+            net, step = bench.stepper(cfg.replace(nsr_every=NEVER, nsr_extra_every=NEVER))
             res[f"{key}_step_ms_nsr_off"] = timed(step, a.steps, 10)
-            res[f"{key}_model_ms_eager"] = timed(model_pass(ctx, B, False), a.steps, 5)
+            res[f"{key}_model_ms_eager"] = timed(model_pass(net, B, False), a.steps, 5)
             if cuda:
-                res[f"{key}_model_ms_cuda_graph"] = timed(model_pass(ctx, B, True), a.steps, 5)
+                res[f"{key}_model_ms_cuda_graph"] = timed(model_pass(net, B, True), a.steps, 5)
             report()
     if not a.no_compile:
         B = int(a.sizes.split(",")[0])

@@ -67,6 +67,33 @@ def smoke(**kw):
     return preset("smoke", dataset="synthetic", device="cpu", **kw)
 
 
+@pytest.mark.parametrize("kw", [
+    dict(algo="sgd", nsr_every=2), dict(algo="sgd", norm="bn", nsr_extra_every=2),
+    dict(algo="sgd", norm="bn", sampler="replacement", nsr_extra_every=2),
+    dict(algo="svag", l=4, nsr_every=2), dict(algo="svag", l=4, norm="bn"),
+    dict(algo="ngd", chunk_size=100), dict(algo="gd", chunk_size=100),
+], ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_bench_step_forms_the_gradient_of_paperlibs_loop(kw):
+    """The bench times a loop written with the public API only; on every update rule it must
+    form bitwise the gradient (and G/N on measuring steps) of ``paperlib.train``'s loop body."""
+    import torch
+
+    from benchmarks.harness import PROFILES, Bench
+    from paperlib import train as T
+    from paperlib.data import load_dataset
+
+    cfg = smoke(augment=True, **kw)
+    raw = load_dataset("synthetic")
+    ours = Bench(PROFILES["cpu"], torch.device("cpu"), raw, 1, True).build(cfg)
+    loop = T.build(cfg, torch.device("cpu"), data=raw)
+    for k in range(1, 5):  # measuring and non-measuring steps
+        a, b = ours.gradient(k), T.gradient(loop, k)
+        assert torch.equal(a.grad, b.grad) and torch.equal(a.loss_sum, b.loss_sum)
+        assert a.count == b.count and (a.G is None) == (b.G is None)
+        if a.G is not None:
+            assert torch.equal(a.G, b.G) and torch.equal(a.N, b.N)
+
+
 @pytest.mark.parametrize("name", ["channels_last", "tf32", "compile", "bf16"])
 @pytest.mark.parametrize("bad", [1, "yes", None])
 def test_accelerator_options_must_be_bools(name, bad):

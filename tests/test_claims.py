@@ -12,6 +12,8 @@ from paperlib.claims import (
     check,
     claims_table,
     exact,
+    increase_fraction,
+    increase_fraction_interval,
     pooled_sd,
     propagate,
     t_interval,
@@ -107,3 +109,18 @@ def test_eq11_drift_term_closes_the_identity_off_equilibrium():
     assert s["eq11_rel_err"] > 0.2  # not at equilibrium: eq. (11) itself does not hold
     assert abs(s["eq11_gap"]) < 4 * s["eq11_gap_se"] + 1e-3
     assert 0 < s["eq11_gap_se"] < 0.01
+
+
+def test_increase_fraction_and_its_interval():
+    """Fig 3 and the monitor notebook count consecutive increases of G/N along B with one rule."""
+    assert increase_fraction([1.0, 2.0, 3.0]) == 1.0 and increase_fraction([3.0, 1.0, 2.0]) == 0.5
+    assert math.isnan(increase_fraction([1.0]))
+    np.testing.assert_array_equal(increase_fraction([[1, 2, 3], [3, 2, 1]]), [1.0, 0.0])
+    sure = increase_fraction_interval([(1.0, 1e-6), (2.0, 1e-6), (3.0, 1e-6)], None, "x")
+    assert (sure.low, sure.high) == (1.0, 1.0)
+    # N/G falls, so G/N = 1 / (N/G) rises
+    inv = increase_fraction_interval([(3.0, 1e-6), (2.0, 1e-6)], 4, "x", transform=lambda v: 1 / v)
+    assert (inv.low, inv.high) == (1.0, 1.0)
+    noisy = increase_fraction_interval([(1.0, 5.0), (1.1, 5.0)], None, "x")
+    assert (noisy.low, noisy.high) == (0.0, 1.0)
+    assert "fewer than 2" in increase_fraction_interval([(1.0, 0.1)], None, "x").how

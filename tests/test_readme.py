@@ -105,6 +105,10 @@ def test_readme_monitor_examples_run(tmp_path, monkeypatch):
         assert m and int(m[1]) == 3 * 16 and 64 < int(m[2]) < 1e6, (name, text)
     assert len(pd.read_csv(tmp_path / "noise-lightning" / "noise.csv")) == 48
     assert len(pd.read_csv(tmp_path / "hf-out" / "noise" / "noise.csv")) == 48
+    # attach() puts the callback ahead of the console printer: its 3 training logs (every 16
+    # of the 48 steps) carry noise/*
+    printed = [line for line in text.splitlines() if line.startswith("{'loss'")]
+    assert len(printed) == 3 and all("'noise/B_star'" in line for line in printed), text
     with redirect_stdout(io.StringIO()) as cli:
         assert main(["predict-lsr", "noise-log/noise.csv", "--batch-size", "64"]) == 0
     assert math.isfinite(float(cli.getvalue().split("B* = B·C²(1 + N/G) = ")[1].split()[0]))

@@ -118,3 +118,17 @@ def test_an_lsr_sweep_where_every_run_diverged_is_summarized(tmp_path):
     verdicts = [c.verdict for c in fig3.claims(df)]
     # no G/N, no prediction: nothing was tested, so nothing passes or fails
     assert verdicts and set(verdicts) == {"INCONCLUSIVE"}
+
+
+def test_cadence_logs_once_per_epoch_and_keeps_the_ratio_or_the_interval():
+    # cpu Fig 4 preset: log every 25, evaluate every 125 steps, n = 2000
+    base = preset("cpu", log_every=25, eval_every=125)
+    assert common.cadence(base, 16, keep="ratio") == {"log_every": 25, "eval_every": 125}
+    assert common.cadence(base, 16, keep="interval") == {"log_every": 25, "eval_every": 125}
+    # B = 128: 15 steps per epoch, so a log every 15 steps; then 5 logs per evaluation (the
+    # preset's ratio) or 8 (≈ the preset's 125 steps)
+    assert common.cadence(base, 128, keep="ratio") == {"log_every": 15, "eval_every": 75}
+    assert common.cadence(base, 128, keep="interval") == {"log_every": 15, "eval_every": 120}
+    assert common.cadence(base, 4000, keep="ratio")["log_every"] == 1  # B > n: still ≥ 1
+    with pytest.raises(ValueError, match="keep"):
+        common.cadence(base, 16, keep="both")

@@ -29,6 +29,27 @@ def base_config(preset_name: str, settings: dict[str, dict], **overrides) -> Run
     return preset(preset_name, **{**settings[preset_name], **given(**overrides)})
 
 
+def cadence(base: RunConfig, batch_size: int, keep: str) -> dict[str, int]:
+    """``log_every`` and ``eval_every`` (steps) of a run at ``batch_size`` in a sweep over B
+    whose preset logs every ``base.log_every`` and evaluates every ``base.eval_every`` steps.
+
+    A log at least once per epoch: ``log_every`` = min(preset's, steps per epoch), ≥ 1. The
+    evaluation is a whole number of logs; ``keep`` says which of the preset's numbers it keeps
+    when the log interval shrinks (large B):
+
+    * ``"ratio"`` (Fig 3's LSR sweep): the preset's logs per evaluation, so an epoch-length run
+      at any B evaluates as often per logged window;
+    * ``"interval"`` (Fig 4's SVAG panels): about the preset's evaluation interval in steps.
+
+    Raises:
+        ValueError: ``keep`` is neither.
+    """
+    check_choice("keep", keep, ("ratio", "interval"))
+    log = max(1, min(base.log_every, base.train_size // int(batch_size)))
+    per_eval = base.eval_every // (base.log_every if keep == "ratio" else log)
+    return {"log_every": log, "eval_every": log * max(1, per_eval)}
+
+
 def check_seeds(values) -> tuple[int, ...]:
     values = tuple(int(s) for s in values)
     if not values or any(s < 0 for s in values):

@@ -12,7 +12,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..claims import Claim, Interval, check, pooled_sd, propagate
+from ..claims import (
+    Claim,
+    Interval,
+    check,
+    increase_fraction,
+    increase_fraction_interval,
+    pooled_sd,
+)
 from ..config import RunConfig
 from ..lsr import (
     lsr_failure_batch,
@@ -21,7 +28,7 @@ from ..lsr import (
     predict_critical_batch_approx,
 )
 from ..sweeps import equilibrium_table, final_test_acc, sweep
-from .common import base_config, check_seeds, eq11_claims, group_means
+from .common import base_config, cadence, check_seeds, eq11_claims, group_means
 
 SETTINGS = {
     # Paper: η = 0.8·B/128, 300 epochs, ×0.1 at 250; B = 2 … 2048.
@@ -50,9 +57,7 @@ def configs(preset_name: str = "cpu", batch_sizes=None, seeds=(0,), base_batch: 
     base = base_config(preset_name, SETTINGS, **overrides)
     batch_sizes = batch_sizes or BATCHES[preset_name]
     return [base.replace(algo="sgd", batch_size=int(b), lr=base_lr * b / base_batch, seed=s,
-                         log_every=max(1, min(base.log_every, base.train_size // int(b))),
-                         eval_every=max(1, min(base.log_every, base.train_size // int(b)))
-                         * max(1, base.eval_every // base.log_every))
+                         **cadence(base, b, keep="ratio"))
             for b in batch_sizes for s in check_seeds(seeds) if b <= base.train_size]
 
 
@@ -129,16 +134,12 @@ def claims(df: pd.DataFrame, C: float = C_DEFAULT) -> list[Claim]:
     m = _per_run(df)
     seeds_text = ", ".join(str(s) for s in sorted(df["seed"].unique()))
 
-    # G/N grows with B: the fraction of consecutive increases of the per-B mean.
+    # G/N grows with B: the fraction of consecutive increases of the per-B mean log(G/N).
     ratios, dof, how = _ratio_se(m)
     bs = sorted(ratios)
-    vals = [ratios[b][0] for b in bs]
-    frac = float(np.mean(np.diff(vals) > 0)) if len(vals) > 1 else math.nan
-    names = {f"b{b}": ratios[b] for b in bs}
-    frac_interval = propagate(
-        lambda **v: np.mean(np.diff(np.stack([v[f"b{b}"] for b in bs]), axis=0) > 0, axis=0),
-        names, dof, f"95 % interval; {how}") if len(bs) > 1 else \
-        Interval(math.nan, math.nan, "fewer than 2 batch sizes")
+    frac = increase_fraction([ratios[b][0] for b in bs])
+    frac_interval = increase_fraction_interval([ratios[b] for b in bs], dof,
+                                               f"95 % interval; {how}")
     out = [check("Fig 3: G_t/N_t increases with B (fraction of consecutive increases)",
                  "monotone in B", frac, ">=", GN_INCREASING, interval=frac_interval,
                  seeds=seeds_text)]

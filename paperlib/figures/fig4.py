@@ -9,7 +9,7 @@ import pandas as pd
 from ..claims import Claim, check
 from ..config import RunConfig
 from ..sweeps import equilibrium_table, final_test_acc, sweep
-from .common import base_config, check_seeds, group_means, interval_of, select, spread
+from .common import base_config, cadence, check_seeds, group_means, interval_of, select, spread
 
 SETTINGS = {
     # Paper: PreResNet-32 BN; B = 128, η = 0.8 and B = 1024, η = 6.4; released configs 160
@@ -39,13 +39,11 @@ def configs(preset_name: str = "cpu", ls=(1, 2, 4, 8), seeds=(0, 1), panels=None
     panels = panels or PANELS[preset_name]
     out = []
     for b, lr in panels:
-        spe = max(1, base.train_size // int(b))
-        log = max(1, min(base.log_every, spe))
+        steps = cadence(base, b, keep="interval")
         for l in ls:
             for s in check_seeds(seeds):
                 out.append(base.replace(algo="svag", l=float(l), batch_size=int(b), lr=float(lr),
-                                        seed=s, log_every=log,
-                                        eval_every=log * max(1, base.eval_every // log)))
+                                        seed=s, **steps))
     return out
 
 

@@ -1,0 +1,55 @@
+"""The files :class:`paperlib.NoiseMonitor` writes: one row per measured step (``LOG_COLUMNS``) to
+``<name>.csv`` and ``<name>.jsonl``, and TensorBoard scalars when the package is installed. The
+CSV is what ``python -m paperlib predict-lsr`` reads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+__all__ = ["LOG_COLUMNS", "NoiseLogs"]
+
+LOG_COLUMNS = ("step", "effective_step", "lr", "batch_size", "sources", "G", "N", "grad_sq",
+               "sum_sq", "ema_G", "ema_N", "ema_N_over_G", "ema_B_star", "ema_B_simple",
+               "skipped")
+
+
+class NoiseLogs:
+    """CSV + JSONL rows of :class:`paperlib.NoiseMonitor` (and TensorBoard scalars when the
+    package is installed) in ``log_dir``: ``<name>.csv``, ``<name>.jsonl``."""
+
+    def __init__(self, log_dir: Path, tensorboard: bool | None, name: str):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.csv_path, self.jsonl_path = log_dir / f"{name}.csv", log_dir / f"{name}.jsonl"
+        self._csv_file = open(self.csv_path, "w", newline="")  # noqa: SIM115 (closed in close)
+        self._csv = csv.DictWriter(self._csv_file, LOG_COLUMNS)
+        self._csv.writeheader()
+        self._jsonl = open(self.jsonl_path, "w")  # noqa: SIM115
+        self.tb = None
+        if tensorboard is not False:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # tensorboard not installed
+                if tensorboard:
+                    raise ImportError("tensorboard=True needs the tensorboard package: pip "
+                                      "install 'paperlib[monitor]'") from e
+            else:
+                self.tb = SummaryWriter(str(log_dir))
+
+    def write(self, row: dict) -> None:
+        self._csv.writerow(row)
+        self._csv_file.flush()
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        if self.tb is not None:
+            for k in ("G", "N", "ema_N_over_G", "ema_B_star", "ema_B_simple", "lr"):
+                if row[k] is not None and math.isfinite(row[k]):
+                    self.tb.add_scalar(f"noise/{k}", row[k], row["step"])
+
+    def close(self) -> None:
+        self._csv_file.close()
+        self._jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
