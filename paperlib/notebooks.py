@@ -143,7 +143,7 @@ FIGURES: tuple[Figure, ...] = (
            note="paper only so far: its cpu version (VGG-16 BN at quarter width on the Fig 4 "
                 "cpu data, the small-batch panel B = 16, η = 0.4, which trains: 21.5 % train "
                 "accuracy after 400 steps) is not trained yet; the GN panel at that scale took "
-                "22.6 min on 2 cores and BN costs more per step"),
+                "22.3 min on 2 cores and BN costs more per step"),
     Figure("figA-svag-vgg16-gn", "fig4_svag", "App. F: SVAG on VGG-16 GN",
            params={"ARCH": "vgg16", "NORM": "gn", "SEEDS": [0], "PANELS": [[128, 0.8]],
                    "LS": PAPER_LS},
