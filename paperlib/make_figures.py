@@ -2,6 +2,10 @@
 with papermill at a preset, record its wall time in ``figures/timings.json`` and, for the
 committed outputs, write the README's figure and claims tables.
 
+Figures whose results are all in the store are re-plotted first, ``REPLOT_PARALLEL`` notebooks at a
+time (each a kernel of its own, with ``PAPERLIB_NO_TRAIN`` set: a notebook that would train stops
+at once); the others then run one after another, each training its missing runs on every core.
+
 Each notebook executes into ``build/executing/`` and replaces its output only when it finished,
 after the run-to-run noise papermill adds (timestamps, durations, the injected cell's random id,
 the split of printed text into chunks, absolute paths) is taken out: re-plotting unchanged results
@@ -23,6 +27,9 @@ from .paths import REPO, committed_outputs, output_root, store_root
 from .validate import check_choice
 
 EXECUTING_DIR = paths.BUILD / "executing"  # notebooks while papermill runs them
+# Re-plots at once: each is a kernel of a few hundred MB whose time is mostly imports and plotting,
+# one core's worth; figures that train run alone and use every core.
+REPLOT_PARALLEL = max(2, min(4, os.cpu_count() or 1))
 
 
 def sync_readme(readme: Path = paths.README, preset: str = "cpu") -> None:
@@ -61,15 +68,25 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None,
         print(f"  skipped {f.id} ({f.note})")
     from papermill.exceptions import PapermillExecutionError
 
+    params = {}
+    for f in figures:
+        params[f.id] = f.parameters(preset)
+        if not committed:
+            params[f.id]["FIG_DIR"] = str(root / "figures")
+    t_start = time.time()
+    replotted = replot_stored(figures, params, root)
     times, pending = {}, {}
     for f in figures:
-        params = f.parameters(preset)
-        if not committed:
-            params["FIG_DIR"] = str(root / "figures")
+        if f.id in replotted:
+            times[f.id], stored = replotted[f.id]
+            record_timing(f.id, preset, times[f.id], 0, len(stored),
+                          path=root / "figures" / "timings.json",
+                          train_s=stored_training_seconds(stored, preset))
+            continue
         print(f"\n=== {f.id}: {f.paper} ===", flush=True)
         t0 = time.time()
         try:
-            stored, computed = execute(f.notebook, f.output_under(root), params)
+            stored, computed = execute(f.notebook, f.output_under(root), params[f.id])
         except PapermillExecutionError as e:
             if e.ename != "RunsPendingError":  # cluster.RunsPendingError: submitted, not done
                 raise
@@ -82,6 +99,10 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None,
         record_timing(f.id, preset, times[f.id], len(computed), len(stored),
                       path=root / "figures" / "timings.json",
                       train_s=stored_training_seconds(stored | computed, preset))
+    print(f"\n{len(times) + len(pending)} figure(s) in {time.time() - t_start:.0f} s: "
+          f"{len(replotted)} re-plotted from the store ({REPLOT_PARALLEL} at a time), "
+          f"{len(times) + len(pending) - len(replotted)} one at a time (training what was "
+          "missing)", flush=True)
     if committed and not pending:
         sync_readme()
     if pending:
@@ -100,13 +121,66 @@ class FiguresPendingError(Exception):
                          f"{', '.join(pending)}")
 
 
-def execute(notebook: str, target: Path, parameters: dict) -> tuple[set, set]:
+def replot_stored(figures: list, params: dict[str, dict], root: Path,
+                  parallel: int | None = None) -> dict[str, tuple[float, set]]:
+    """Execute, ``parallel`` at a time (default ``REPLOT_PARALLEL``), the notebooks of the
+    ``figures`` whose results are all stored, into their outputs under ``root``; return, per
+    figure re-plotted, its wall seconds and the results it loaded.
+
+    Every notebook is tried with training forbidden (``PAPERLIB_NO_TRAIN``): one that needs a
+    result not in the store stops at its first sweep and is left to the sequential pass of
+    :func:`execute_all`, as is one that fails for any other reason (it fails there again, with
+    its output on the terminal). Each notebook's output is printed in one block when it ends.
+    """
+    parallel = REPLOT_PARALLEL if parallel is None else parallel
+    if parallel < 2 or len(figures) < 2:
+        return {}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    done = {}
+    # spawn, not fork: the parent may hold threads (papermill's, zmq's) that fork would copy
+    with ProcessPoolExecutor(parallel, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_replot_one, f.notebook, str(f.output_under(root)),
+                               params[f.id]): f for f in figures}
+        for future in as_completed(futures):
+            f = futures[future]
+            ok, seconds, stored, text = future.result()
+            if ok:
+                done[f.id] = (seconds, stored)
+                print(f"\n=== {f.id}: {f.paper} ===\n{text.rstrip()}\n=== {f.id}: {seconds:.0f} s; "
+                      f"re-plotted from {len(stored)} stored result(s) ===", flush=True)
+            else:
+                print(f"=== {f.id}: {text}; it runs after the re-plots ===", flush=True)
+    return done
+
+
+def _replot_one(notebook: str, target: str, parameters: dict) -> tuple[bool, float, set, str]:
+    """In a worker process: (finished, seconds, results loaded, its output or why not)."""
+    import io
+
+    from papermill.exceptions import PapermillExecutionError
+
+    os.environ["PAPERLIB_NO_TRAIN"] = "1"  # the kernel inherits it: missing results raise
+    out = io.StringIO()
+    t0 = time.time()
+    try:
+        stored, computed = execute(notebook, Path(target), parameters, stream=out)
+    except PapermillExecutionError as e:
+        why = ("results not in the store" if e.ename == "StaleResultError"
+               else f"{e.ename} without training")
+        return False, 0.0, set(), why
+    return not computed, time.time() - t0, stored, out.getvalue()
+
+
+def execute(notebook: str, target: Path, parameters: dict, stream=None) -> tuple[set, set]:
     """Run ``notebooks/<notebook>.ipynb`` with papermill into ``target``; return the names of the
     results it loaded from the store and of those it computed.
 
-    The notebook's output streams to this terminal as it runs. It is executed into
-    ``build/executing/`` and moved to ``target`` (normalized) only when every cell finished: a
-    failed or interrupted execution leaves ``target`` untouched and the partial notebook there.
+    The notebook's output streams to ``stream`` (default: this terminal) as it runs. It is
+    executed into ``build/executing/`` and moved to ``target`` (normalized) only when every cell
+    finished: a failed or interrupted execution leaves ``target`` untouched and the partial
+    notebook there.
     """
     import papermill as pm
 
@@ -122,13 +196,14 @@ def execute(notebook: str, target: Path, parameters: dict) -> tuple[set, set]:
     try:
         nb = pm.execute_notebook(str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(running),
                                  parameters=parameters, cwd=str(NOTEBOOK_DIR),
-                                 progress_bar=False, stdout_file=sys.stdout,
-                                 stderr_file=sys.stderr)
+                                 progress_bar=False, stdout_file=stream or sys.stdout,
+                                 stderr_file=stream or sys.stderr)
         atomic_write_bytes(target, normalized(nb, notebook, target))
         running.unlink()
         events = [json.loads(line) for line in Path(log).read_text().splitlines() if line]
     except BaseException:
-        print(f"(the partial notebook is {running}; {target} was not replaced)", file=sys.stderr)
+        print(f"(the partial notebook is {running}; {target} was not replaced)",
+              file=stream or sys.stderr)
         raise
     finally:
         os.unlink(log)

@@ -109,6 +109,21 @@ def test_a_recomputed_result_is_reported_and_counted(fresh):
     assert (BUILD / "figures" / "timings.json").read_bytes() == timings
 
 
+def test_stored_figures_replot_in_parallel_and_the_others_train_after(fresh):
+    """fig4's runs are in the fresh store, figA-sampling's are not: fig4 is re-plotted in the
+    parallel pass (training forbidden), figA-sampling stops there and trains afterwards."""
+    r = figures("--preset", "smoke", "--only", "fig4,figA-sampling", "--store",
+                str(fresh["store"]))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "=== fig4: " in out and "re-plotted from 16 stored result(s) ===" in out
+    assert "=== figA-sampling: results not in the store; it runs after the re-plots ===" in out
+    assert re.search(r"=== figA-sampling: \d+ s; \d+ result\(s\) computed, 0 loaded", out)
+    assert re.search(r"2 figure\(s\) in \d+ s: 1 re-plotted from the store \(\d at a time\), "
+                     r"1 one at a time", out)
+    assert out.index("results not in the store") < out.index("computed, 0 loaded")
+
+
 def test_the_committed_figure_replots_byte_for_byte():
     """`make figures` at cpu from the committed store: nothing to train, nothing changes."""
     before = committed_files()
