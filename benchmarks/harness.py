@@ -3,7 +3,10 @@ table's rows, and ``Bench``, which builds paperlib's training step for a config.
 
 Every number with a target is a RATIO of two measurements taken in this process on one device.
 The two sides run interleaved (A B, B A, A B, ...) so that drift on a shared machine hits both,
-warm-up steps are excluded, and the ratio is the median over repeats of the paired ratios.
+warm-up steps are excluded, and the ratio is the median over repeats of the paired ratios. Rows
+whose target is a small overhead also give the median's 95 % interval (order statistics of the
+paired ratios, no assumption on their distribution) and hold only when the whole interval meets
+the target, fail when none of it does, and are inconclusive otherwise.
 
 A step is a training loop written with paperlib's public API only, doing what one iteration of
 ``paperlib.train``'s loop body does without logging: the config's batch from a ``Sampler``
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -146,6 +150,8 @@ def table(rows: list[Row], quick: bool = False) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         holds = "" if r.ok is None else ("yes" if r.ok else "**no**")
+        if r.ok is None and r.target and r.value is not None:
+            holds = "inconclusive"  # the interval straddles the target
         if quick and r.ok is not None:
             holds = "n/a (--quick)"
         lines.append(f"| {r.group} | {r.what} | {r.setting} | {r.formatted()} | {r.target} | "
@@ -206,6 +212,34 @@ def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> tuple[float, 
     ratios = sorted(x / y for x, y in zip(times[a], times[b], strict=True))
     lo, hi = ratios[0], ratios[-1]
     return statistics.median(ratios), f"range {lo:.3f}-{hi:.3f} over {len(ratios)} repeats"
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval for the median of ``values`` (i.i.d. draws): the j-th smallest
+    and j-th largest value, j the largest rank with P(Binomial(n, 1/2) < j) ≤ (1 - level) / 2.
+    Infinite ends when n is too small for the level (n < 6 at 95 %)."""
+    v, n = sorted(values), len(values)
+    tail, j, cdf = (1 - level) / 2, 0, 0.0
+    while j < n and cdf + math.comb(n, j) / 2**n <= tail:
+        cdf += math.comb(n, j) / 2**n
+        j += 1
+    if j == 0:
+        return -math.inf, math.inf
+    return v[j - 1], v[n - j]
+
+
+def overhead_row(group: str, what: str, setting: str, times: dict[str, list[float]], a: str,
+                 b: str, target_pct: float, note: str = "") -> Row:
+    """The overhead of ``a`` over ``b`` in %, (median paired ratio − 1), with its 95 % interval;
+    holds when the interval's upper end is ≤ ``target_pct``, fails when its lower end is above,
+    and is inconclusive (``ok`` None) when it straddles the target."""
+    ratios = [x / y for x, y in zip(times[a], times[b], strict=True)]
+    lo, hi = (100 * (r - 1) for r in median_interval(ratios))
+    value = 100 * (statistics.median(ratios) - 1)
+    ok = True if hi <= target_pct else (False if lo > target_pct else None)
+    text = f"95 % interval [{lo:+.1f}, {hi:+.1f}] % over {len(ratios)} paired repeats"
+    return Row(group, what, setting, value, "%", f"≤ {target_pct:g} %", ok,
+               text + (f"; {note}" if note else ""))
 
 
 # --- a training step for a config, through paperlib's public API ---------------------------------

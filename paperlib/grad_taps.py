@@ -85,7 +85,9 @@ class GradientTaps:
         before it is added to ``p.grad`` and only queues it; :meth:`_flush` then squares and
         sums the queue with a few multi-tensor ops (per-tensor torch ops cost a fixed ~1.5 ms
         per step on small nets). A tensor seen twice marks the next micro-batch. Σ_j |g_j|² =
-        Σ_(j,p) |g_jp|², so no pass needs to know where a backward ends."""
+        Σ_(j,p) |g_jp|², so no pass needs to know where a backward ends; when every tensor has
+        been seen (the usual backward) the queue is flushed at once, so that the gradients are
+        not held through the next forward pass."""
         def hook(g: torch.Tensor) -> None:
             if self.paused:
                 return
@@ -95,6 +97,8 @@ class GradientTaps:
             self._queue_idx.append(i)
             self._queue.append(g)
             self._counts[i] += 1
+            if len(self._queue) == len(self.params):
+                self._flush()
 
         return hook
 

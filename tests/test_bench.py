@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import figures, run
-from benchmarks.harness import Row, table
+from benchmarks.harness import Row, median_interval, overhead_row, table
 from paperlib.__main__ import main as cli
 from paperlib.config import preset
 from paperlib.docs import update_section
@@ -42,6 +42,30 @@ def test_quick_bench_yields_every_row_with_finite_values(tmp_path):
     assert len(table_lines) == len(rows) + 2  # header, rule, one line per row
     update_section(md, "cpu-quick", "replaced")  # the section is replaced, not appended
     assert md.read_text().count("bench:cpu-quick start") == 1 and "replaced" in md.read_text()
+
+
+def test_median_interval_uses_binomial_order_statistics():
+    # n = 15: P(Bin(15, 1/2) <= 3) = 576/2^15 = 0.0176 <= 0.025 < P(<= 4) = 0.0592, so the
+    # interval is the 4th smallest and the 4th largest value
+    assert median_interval(list(range(15))) == (3, 11)
+    assert median_interval([5.0, 1.0, 4.0, 2.0, 3.0]) == (-math.inf, math.inf)  # n < 6
+    assert median_interval(list(range(6))) == (0, 5)  # 2/64 = 0.031 > 0.025: j = 1
+    rng = np.random.default_rng(0)  # coverage of the true median 0 by the 95 % interval
+    hits = [lo <= 0 <= hi for lo, hi in (median_interval(list(rng.standard_cauchy(40)))
+                                          for _ in range(2000))]
+    assert 0.94 <= np.mean(hits) <= 0.99
+
+
+@pytest.mark.parametrize("shift, verdict, shown", [(1.00, True, "yes"), (1.05, False, "**no**"),
+                                                   (1.02, None, "inconclusive")])
+def test_overhead_rows_hold_only_when_the_whole_interval_meets_the_target(shift, verdict, shown):
+    rng = np.random.default_rng(1)
+    base = list(1 + 0.01 * rng.standard_normal(60))
+    times = {"off": base, "on": [shift * t * (1 + 0.005 * rng.standard_normal()) for t in base]}
+    row = overhead_row("monitor", "overhead", "net", times, "on", "off", 2.0)
+    assert row.ok is verdict
+    assert f"| {shown} |" in table([row])
+    assert "95 % interval" in row.note and "60 paired repeats" in row.note
 
 
 def test_unknown_group_is_refused(capsys):
