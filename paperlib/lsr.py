@@ -35,7 +35,9 @@ __all__ = [
 SQRT2 = math.sqrt(2.0)
 
 
-def _check_c(C: float) -> float:
+def check_c(C: float) -> float:
+    """``C`` of Thm 5.6 (the LSR holds while the loss ratio stays below C², the paper's C = √2)
+    as a float; ValueError unless it is a real number > 1."""
     c = as_real("C", C)
     if c <= 1.0:
         raise ValueError(f"C must be > 1 (the paper uses sqrt(2)), got {C!r}")
@@ -75,7 +77,7 @@ def critical_kappa(G: float, N: float, C: float = SQRT2) -> float:
     Raises:
         ValueError: if G ≤ 0, N < 0, C ≤ 1, or any value is not finite.
     """
-    c = _check_c(C)
+    c = check_c(C)
     g, n = _check_gn(G, N)
     return c * c * (1.0 + n / g)
 
@@ -119,7 +121,7 @@ def predict_critical_batch_approx(
     Raises:
         ValueError: if G ≤ 0, N < 0, batch_size ≤ 0, C ≤ 1, or any value is not finite.
     """
-    c = _check_c(C)
+    c = check_c(C)
     g, n = _check_gn(G, N)
     return c * c * _check_batch(batch_size) * n / g
 
@@ -173,7 +175,7 @@ def lsi_threshold(kappa: float, C: float = SQRT2) -> float:
     Raises:
         ValueError: if C ≤ 1, κ ≤ 1, κ ≤ C² (Definition 5.4 needs C < sqrt(κ)), or not finite.
     """
-    c = _check_c(C)
+    c = check_c(C)
     k = as_real("kappa", kappa)
     if k <= 1.0:
         raise ValueError(f"kappa must be > 1, got {kappa!r}")

@@ -32,20 +32,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections import deque
 from pathlib import Path
 
 import torch
 
 from .grad_taps import GradientTaps
-from .lsr import SQRT2, _check_c, simple_noise_scale
+from .lsr import SQRT2, check_c, simple_noise_scale
 from .monitor_logs import LOG_COLUMNS
 from .monitor_logs import NoiseLogs as _Logs  # the name NoiseMonitor.__init__ uses
-from .nsr import _check_sampling, _corrected, _raw_from_norms
+from .nsr import direct_nsr_from_norms
 from .sampling import Sampling, batch_coupled, warn_if_coupled_disjoint
 from .stepstats import StepStats
 from .validate import check_int, is_int
+from .warn import warn_user
 from .windows import block_summary
 
 __all__ = ["LOG_COLUMNS", "SOURCES", "NoiseMonitor", "estimate_from_norms"]
@@ -95,12 +95,10 @@ def estimate_from_norms(sum_sq: float, mean_sq: float, *, sources: int, batch_si
     if batch_size % sources:
         raise ValueError(f"batch_size={batch_size} is not a multiple of the {sources} sources: "
                          "every micro-batch must hold B/K examples (use drop_last=True)")
-    b, n, disjoint = batch_size // sources, sampling.population, sampling.disjoint
-    _check_sampling(sources, b, batch_size, n, disjoint)
-    # direct_nsr_from_norms's float64 operations in the same order on Python floats: the same
-    # numbers, without the ~15 tensor ops a step would otherwise spend on two scalars
-    g_raw, n_raw = _raw_from_norms(float(sum_sq), float(mean_sq), sources)
-    return _corrected(g_raw, n_raw, b, batch_size, n, disjoint)
+    # on Python floats: the same numbers as on tensors, without the ~15 tensor ops a step would
+    # otherwise spend on two scalars
+    return direct_nsr_from_norms(float(sum_sq), float(mean_sq), sources, batch_size // sources,
+                                 batch_size, sampling.population, sampling.disjoint)
 
 
 class NoiseMonitor:
@@ -178,7 +176,7 @@ class NoiseMonitor:
             raise ValueError(f"ema={ema!r} is not allowed; the EMA decay must be in [0, 1)")
         check_int("window", window, 2, allow_none=True)
         check_int("blocks", blocks, 0)
-        self.C = _check_c(C)
+        self.C = check_c(C)
         self.batch_size, self.sampling, self.source = batch_size, sampling, source
         self.accumulation, self.optimizer, self.scaler = accumulation, optimizer, scaler
         self.window, self.blocks, self.beta = window, blocks, ema
@@ -298,7 +296,7 @@ class NoiseMonitor:
             # called with no backward since the last one, e.g. after zero_grad)
             if reason not in self.skip_reasons and ("drop_last" in reason
                                                     or reason.startswith("no backward")):
-                warnings.warn(f"NoiseMonitor skips steps: {reason}", stacklevel=2)
+                warn_user(f"NoiseMonitor skips steps: {reason}")
             self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
             return None
         self.measured += 1
@@ -328,12 +326,17 @@ class NoiseMonitor:
         c = 1.0 - self.beta ** self.measured if self.beta else 1.0
         return self._ema_g / c, self._ema_n / c
 
+    @property
+    def C2(self) -> float:
+        """C² of Thm 5.6: 2 for the default C = √2 (whose float square is 2.0000000000000004)."""
+        return float(f"{self.C ** 2:.15g}")
+
     def _predictions(self, G: float, N: float) -> tuple[float, float]:
         """(B*, B_simple) from G, N; NaN where undefined (G ≤ 0, N < 0)."""
         if not (G > 0 and N >= 0):
             return float("nan"), float("nan")
         B = self.batch_size
-        return (B * self.C ** 2 * (1 + N / G),  # Thm 5.6, eq. 15
+        return (B * self.C2 * (1 + N / G),  # Thm 5.6, eq. 15
                 simple_noise_scale(G, N, B, self.sampling.population))
 
     def reset_window(self) -> None:
@@ -358,7 +361,7 @@ class NoiseMonitor:
         s = block_summary([g for g, _, _ in rows], [n for _, n, _ in rows], blocks=self.blocks)
         se_from = "blocks" if s["se_from"] == "blocks" else "steps"
         G, N, r, r_se = s["G"], s["N"], s["N_over_G"], s["N_over_G_se"]
-        B, C2 = self.batch_size, self.C ** 2
+        B, C2 = self.batch_size, self.C2
         b_star, b_simple = self._predictions(G, N)
         lrs = [lr for *_, lr in rows]
         known = bool(lrs) and all(math.isfinite(v) for v in lrs)

@@ -253,7 +253,9 @@ def direct_nsr_from_norms(
         b, batch_size, n, disjoint: as in :func:`direct_nsr` (b is required here).
 
     Returns:
-        ``(G_hat, N_hat)`` as float64 tensors of the inputs' shape.
+        ``(G_hat, N_hat)``: Python floats when both inputs are numbers (the same float64
+        operations in the same order, without tensor ops: what a monitor's step can afford),
+        else float64 tensors of the inputs' shape.
 
     Raises:
         ValueError: k < 2, or the sizes are inconsistent (as :func:`direct_nsr`).
@@ -261,6 +263,9 @@ def direct_nsr_from_norms(
     check_int("k", k, 2)
     batch_size = b if batch_size is None else batch_size
     _check_sampling(k, b, batch_size, n, disjoint)
+    if isinstance(sum_sq, (int, float)) and isinstance(mean_sq, (int, float)):
+        return _corrected(*_raw_from_norms(float(sum_sq), float(mean_sq), k), b, batch_size, n,
+                          disjoint)
     s = torch.as_tensor(sum_sq, dtype=torch.float64)
     m = torch.as_tensor(mean_sq, dtype=torch.float64, device=s.device)
     return _corrected(*_raw_from_norms(s, m, k), b, batch_size, n, disjoint)

@@ -56,8 +56,10 @@ class Sampling:
                 raise ValueError(f"n={self.n!r} is not used with 'with_replacement' sampling "
                                  "(the estimator needs no population size); leave it None")
         elif not is_int(self.n) or self.n < 2:
-            raise ValueError(f"n={self.n!r} is not allowed; {self.scheme!r} sampling needs the "
-                             "data set size, an integer >= 2")
+            ctor = {"without_replacement": "Sampling.shuffled(n)",
+                    "independent_draws": "Sampling.independent(n)"}.get(self.scheme, "n")
+            raise ValueError(f"n={self.n!r} is not allowed; {ctor} ({self.scheme!r} sampling) "
+                             "needs the data set size, an integer >= 2")
 
     @classmethod
     def shuffled(cls, n: int) -> Sampling:

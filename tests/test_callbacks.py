@@ -197,8 +197,10 @@ def test_huggingface_callback_added_late_warns_that_reporters_miss_it(tmp_path):
 
     cb = NoiseMonitorCallback(batch_size=B, sampling=paperlib.Sampling.shuffled(N_TRAIN))
     trainer = _hf_trainer(tmp_path, _HFTiny(), ["tensorboard"], callbacks=[cb])
-    with pytest.warns(UserWarning, match=r"tensorboard .*attach"):
+    with pytest.warns(UserWarning, match=r"tensorboard .*attach") as caught:
         trainer.train()
+    ours = [w for w in caught if "attach" in str(w.message)]
+    assert ours and all(w.filename == __file__ for w in ours)  # the user's trainer.train() line
     assert sum("noise/G" in h for h in trainer.state.log_history) == STEPS
     assert not any(t.startswith("train/noise/") for t in _tensorboard_scalars(tmp_path / "runs"))
 

@@ -263,8 +263,10 @@ def test_grad_scaler_scaling_leaves_the_estimate_unchanged_and_overflow_is_skipp
     _accumulate(model3, m3, a[:B].chunk(k), k, scale=float("inf"))
     assert m3.step(scale=1.0) is None
     assert m3.skipped == 1 and "non-finite" in next(iter(m3.skip_reasons))
-    with pytest.warns(UserWarning, match="no backward"):  # a likely loop mistake: said once
+    with pytest.warns(UserWarning, match="no backward") as caught:  # a loop mistake: said once
         assert m3.step() is None and m3.skipped == 2  # no backward since the last step
+    assert caught[0].filename == __file__  # points at the caller's line, not into paperlib
+    assert m3.summary()["C2"] == 2.0  # C = √2 by default; √2² is 2.0000000000000004 in floats
 
 
 # --- one micro-batch: sgd_step's half batches ------------------------------------------------

@@ -568,6 +568,10 @@ def test_sampling_validation():
                 Sampling(scheme, bad)
     with pytest.raises(ValueError, match="leave it None"):
         Sampling("with_replacement", 10)
+    with pytest.raises(ValueError, match=r"n=0 is not allowed; Sampling.shuffled\(n\)"):
+        Sampling.shuffled(0)  # names what the user called
+    with pytest.raises(ValueError, match=r"Sampling.independent\(n\)"):
+        Sampling.independent(1)
 
 
 def test_set_grad():

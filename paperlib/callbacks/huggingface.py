@@ -31,7 +31,6 @@ so every reporter sees ``noise/*`` in the same dict; the values go into the step
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 try:
@@ -42,6 +41,7 @@ except ImportError as e:  # pragma: no cover - the extra is installed in CI
 
 from ..monitor import NoiseMonitor
 from ..sampling import Sampling
+from ..warn import warn_user
 
 __all__ = ["NoiseMonitorCallback"]
 
@@ -129,10 +129,10 @@ class NoiseMonitorCallback(TrainerCallback):
             where = ("may log before a callback passed to Trainer(callbacks=...) or added with "
                      "trainer.add_callback")
         if early:
-            warnings.warn(f"{', '.join(early)} {where}, so they will not see noise/G, noise/N, "
-                          "noise/B_star, ...: attach the monitor with "
-                          "NoiseMonitorCallback.attach(trainer, ...), which puts it first, "
-                          "after the Trainer has all its other callbacks", stacklevel=2)
+            warn_user(f"{', '.join(early)} {where}, so they will not see noise/G, noise/N, "
+                      "noise/B_star, ...: attach the monitor with "
+                      "NoiseMonitorCallback.attach(trainer, ...), which puts it first, "
+                      "after the Trainer has all its other callbacks")
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if args.world_size > 1:
@@ -145,9 +145,9 @@ class NoiseMonitorCallback(TrainerCallback):
         if not args.dataloader_drop_last:
             # The callback cannot see batch sizes: a partial last batch per epoch would be
             # measured as if it held B examples (its K sources are smaller than B/K).
-            warnings.warn("TrainingArguments(dataloader_drop_last=False): the last optimizer "
-                          "step of each epoch may hold a partial batch, which the noise monitor "
-                          "would misread; set dataloader_drop_last=True", stacklevel=2)
+            warn_user("TrainingArguments(dataloader_drop_last=False): the last optimizer "
+                      "step of each epoch may hold a partial batch, which the noise monitor "
+                      "would misread; set dataloader_drop_last=True")
         self._warn_if_unreported(args)
         log_dir = self.log_dir or os.path.join(args.output_dir, "noise")
         self.monitor = NoiseMonitor(model, batch_size=self.batch_size, sampling=self.sampling,
