@@ -140,7 +140,8 @@ def replot_stored(figures: list, params: dict[str, dict], root: Path,
 
     done = {}
     # spawn, not fork: the parent may hold threads (papermill's, zmq's) that fork would copy
-    with ProcessPoolExecutor(parallel, mp_context=mp.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(parallel, mp_context=mp.get_context("spawn"))
+    try:
         futures = {pool.submit(_replot_one, f.notebook, str(f.output_under(root)),
                                params[f.id]): f for f in figures}
         for future in as_completed(futures):
@@ -152,15 +153,24 @@ def replot_stored(figures: list, params: dict[str, dict], root: Path,
                       f"re-plotted from {len(stored)} stored result(s) ===", flush=True)
             else:
                 print(f"=== {f.id}: {text}; it runs after the re-plots ===", flush=True)
+    except BaseException:  # Ctrl-C, SIGTERM: stop the workers (each shuts its kernel down)
+        for child in mp.active_children():
+            child.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return done
 
 
 def _replot_one(notebook: str, target: str, parameters: dict) -> tuple[bool, float, set, str]:
     """In a worker process: (finished, seconds, results loaded, its output or why not)."""
     import io
+    import signal
 
     from papermill.exceptions import PapermillExecutionError
 
+    # SIGTERM (the parent stopping) as Ctrl-C: papermill then shuts the kernel down
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     os.environ["PAPERLIB_NO_TRAIN"] = "1"  # the kernel inherits it: missing results raise
     out = io.StringIO()
     t0 = time.time()

@@ -177,6 +177,20 @@ def test_sigterm_stops_the_figure_its_workers_and_replaces_nothing(tmp_path):
     assert all(store.load_result(c, tmp_path / "store" / "runs") is None for c in configs)
 
 
+def test_sigterm_during_the_parallel_replots_stops_them_and_their_kernels(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "paperlib", "figures", "--only",
+                             "fig4,figA-sampling", "--out", str(out)], cwd=REPO,
+                            env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    kids = _descendants_once(proc, 4)  # two re-plot workers and their kernels
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output[-3000:]
+    assert _gone(kids), [p.pid for p in kids if p.is_running()]
+
+
 def test_sigterm_to_a_sweep_in_a_script_stops_its_workers(tmp_path):
     code = ("from paperlib import sweeps\nfrom paperlib.figures import sampling\n"
             "configs = sampling.configs('cpu')[:2]\n"
