@@ -123,9 +123,10 @@ FIGURES: tuple[Figure, ...] = (
                 "estimated at ≈ 58 core-minutes (≈ 29 min on 2 cores) per seed, more than the "
                 "4-hour budget of the whole cpu set leaves"),
     Figure("figA-lsr-4x-gn", "fig3_lsr", "App. F: LSR on PreResNet-32 4x GN",
-           params={"WIDTH": 4.0, "NORM": "gn", "SEEDS": [0]}, scaled=None,
-           note="paper only so far: its cpu version (the GN convnet at width 4, one seed, "
-                "estimated ≈ 37 core-minutes, ≈ 19 min on 2 cores) is not trained yet"),
+           params={"WIDTH": 4.0, "NORM": "gn", "SEEDS": [0]}, scaled={},
+           note="cpu: Fig 3's cpu sweep on the GN convnet at width 4 (2× Fig 3's cpu width; "
+                "width 8 would cost ≈ 3 core-hours per seed), one seed: 24.6 min on 2 cores "
+                "(measured 2026-11-30)"),
     # --- SVAG groups (App. F): Fig 4 on other settings ------------------------------------
     Figure("figA-svag-baselines", "fig4_svag", "App. F: SVAG baselines (the other norm)",
            params={"NORM": "gn", "SEEDS": [0], "LS": PAPER_LS},
@@ -139,11 +140,13 @@ FIGURES: tuple[Figure, ...] = (
     Figure("figA-svag-vgg16-bn", "fig4_svag", "App. F: SVAG on VGG-16 BN",
            params={"ARCH": "vgg16", "NORM": "bn", "SEEDS": [0], "PANELS": [[128, 0.8]],
                    "LS": PAPER_LS},
-           scaled=None,
-           note="paper only so far: its cpu version (VGG-16 BN at quarter width on the Fig 4 "
-                "cpu data, the small-batch panel B = 16, η = 0.4, which trains: 21.5 % train "
-                "accuracy after 400 steps) is not trained yet; the GN panel at that scale took "
-                "22.3 min on 2 cores and BN costs more per step"),
+           scaled={"WIDTH": 0.25, "PANELS": [[16, 0.4]], "LS": CPU_LS},
+           note="cpu: VGG-16 BN at quarter width (all 13 conv layers) on the Fig 4 cpu data "
+                "(8×8, n = 2000), the small-batch panel B = 16 at η = 0.4, one seed: 29.4 min "
+                "on 2 cores (measured 2026-11-30). At this scale the net barely learns (final "
+                "test accuracy 16–21 %, chance 10 %) and its l = 4 and l = 8 runs end 4.6 "
+                "points apart, so the 'converges' row fails: a statement about the scale more "
+                "than about SVAG (its GN twin learns, at η = 0.02)"),
     Figure("figA-svag-vgg16-gn", "fig4_svag", "App. F: SVAG on VGG-16 GN",
            params={"ARCH": "vgg16", "NORM": "gn", "SEEDS": [0], "PANELS": [[128, 0.8]],
                    "LS": PAPER_LS},
