@@ -126,6 +126,17 @@ class Row:
     ok: bool | None = None  # None: no target
     note: str = ""
 
+    def verdict(self) -> str:
+        """The table's "holds": "" without a target, else yes / **no** / inconclusive (an
+        interval that straddles the target) / not measured."""
+        if not self.target:
+            return ""
+        if self.value is None:
+            return "not measured"
+        if self.ok is None:
+            return "inconclusive"
+        return "yes" if self.ok else "**no**"
+
     def formatted(self) -> str:
         v = self.value
         if v is None:
@@ -149,10 +160,8 @@ def table(rows: list[Row], quick: bool = False) -> str:
     lines = ["| group | measurement | setting | value | target | holds | note |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        holds = "" if r.ok is None else ("yes" if r.ok else "**no**")
-        if r.ok is None and r.target and r.value is not None:
-            holds = "inconclusive"  # the interval straddles the target
-        if quick and r.ok is not None:
+        holds = r.verdict()
+        if quick and holds:
             holds = "n/a (--quick)"
         lines.append(f"| {r.group} | {r.what} | {r.setting} | {r.formatted()} | {r.target} | "
                      f"{holds} | {r.note} |")

@@ -12,7 +12,7 @@ Where the gradient estimates come from (``source``):
   matter.
 * ``"ranks"`` (``DistributedDataParallel``): every micro-batch on every rank is a source. The
   same hook gives each rank's Σ_j |g_rj|²; a DDP communication hook (DDP's own all-reduce, plus
-  the norm of each all-reduced bucket) gives |ḡ|² of the global mean. Only three scalars per
+  the norm of each all-reduced bucket) gives |ḡ|² of the global mean. Only two scalars per
   step are all-reduced on top of DDP's gradient all-reduce.
 * ``"step_stats"`` (one process, one micro-batch): no hooks; hand over the (G, N) that
   :func:`paperlib.sgd_step` measured (two half batches, or an extra batch for BatchNorm nets)
@@ -188,6 +188,7 @@ class NoiseMonitor:
         self._win: deque = deque(maxlen=window)  # (G, N, lr) of the window's steps
         self._ema_g = self._ema_n = 0.0
         self._taps = None  # the hooks that see each micro-batch's gradient (not step_stats)
+        self._k_max = 0  # most sources of a measured step: a step with fewer is a partial group
         rank = 0
         if source != "step_stats":
             module = model.module if is_ddp else model
@@ -247,7 +248,8 @@ class NoiseMonitor:
 
         Returns:
             The step's row (``LOG_COLUMNS``), or None when the step was skipped (non-finite
-            gradients under mixed precision, no backward pass, a partial batch, or B not a
+            gradients under mixed precision, no backward pass, a partial batch, fewer
+            micro-batches than earlier steps (a partial accumulation group), or B not a
             multiple of the K sources); reasons in ``skip_reasons``.
 
         Raises:
@@ -276,6 +278,12 @@ class NoiseMonitor:
             sum_sq, grad_sq, K, reason = self._taps.norms(s)
             if reason is None and not (math.isfinite(sum_sq) and math.isfinite(grad_sq)):
                 reason = "non-finite gradients (mixed-precision overflow)"
+            if reason is None and 0 < K < self._k_max:
+                # the loop stepped early (Lightning / HF at an epoch's end, or a loop that steps
+                # on the last batch): these K micro-batches hold B/k examples each, not B/K
+                reason = (f"a partial accumulation group: {K} micro-batch source(s), not the "
+                          f"{self._k_max} of earlier steps (an epoch whose batches are not a "
+                          "multiple of the accumulation steps ends with one)")
             if reason is None and K < 2:
                 raise ValueError(
                     "one micro-batch per step gives no noise estimate: accumulate k >= 2 "
@@ -290,12 +298,15 @@ class NoiseMonitor:
             if reason is None:
                 G, N = estimate_from_norms(sum_sq, grad_sq, sources=K,
                                            batch_size=self.batch_size, sampling=self.sampling)
+                self._k_max = max(self._k_max, K)
         if reason is not None:
             self.skipped += 1
             # warn once for what is likely a mistake in the loop (a partial batch, or step()
-            # called with no backward since the last one, e.g. after zero_grad)
+            # called with no backward since the last one, e.g. after zero_grad) or a partial
+            # accumulation group (every epoch's last step loses its measurement)
             if reason not in self.skip_reasons and ("drop_last" in reason
-                                                    or reason.startswith("no backward")):
+                                                    or reason.startswith("no backward")
+                                                    or reason.startswith("a partial accum")):
                 warn_user(f"NoiseMonitor skips steps: {reason}")
             self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
             return None

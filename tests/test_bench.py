@@ -34,7 +34,8 @@ def test_quick_bench_yields_every_row_with_finite_values(tmp_path):
     for r in rows:
         if r.group != "figures":  # reads figures/timings.json, which may not exist yet
             assert r.value is not None and math.isfinite(r.value), r
-        assert (r.ok is None) == (not r.target), r  # every target has a verdict
+        assert (r.verdict() == "") == (not r.target), r  # every target has a verdict
+        assert r.verdict() != "inconclusive" or r.ok is None, r
     assert {"date", "cpu", "cores", "torch", "device"} <= result["meta"].keys()
     text = md.read_text()
     assert text.count("<!-- bench:cpu-quick start -->") == 1
@@ -64,7 +65,8 @@ def test_overhead_rows_hold_only_when_the_whole_interval_meets_the_target(shift,
     times = {"off": base, "on": [shift * t * (1 + 0.005 * rng.standard_normal()) for t in base]}
     row = overhead_row("monitor", "overhead", "net", times, "on", "off", 2.0)
     assert row.ok is verdict
-    assert f"| {shown} |" in table([row])
+    assert f"| {shown} |" in table([row]) and row.verdict() in shown
+    assert "| n/a (--quick) |" in table([row], quick=True)  # --quick measures nothing
     assert "95 % interval" in row.note and "60 paired repeats" in row.note
 
 

@@ -88,6 +88,41 @@ def test_lightning_callback_logs_g_n_b_star(tmp_path):
         assert logged[key].notna().sum() == STEPS, key
 
 
+def test_lightning_callback_skips_an_epochs_partial_accumulation_group(tmp_path):
+    """7 micro-batches per epoch with k = 2: Lightning steps after the 7th alone; that step
+    used to raise "one micro-batch per step gives no noise estimate" and stop trainer.fit."""
+    L = pytest.importorskip("lightning.pytorch")
+    from paperlib.callbacks.lightning import NoiseMonitorCallback
+
+    x, y = _data()
+    n = 7 * MICRO
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = tanh_mlp(6, 16, 3)
+
+        def training_step(self, batch, _):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:n], y[:n]),
+                                         batch_size=MICRO, shuffle=True, drop_last=True)
+    cb = NoiseMonitorCallback(batch_size=B, sampling=paperlib.Sampling.shuffled(n),
+                              log_dir=tmp_path / "noise")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, accumulate_grad_batches=K,
+                        callbacks=[cb], logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    with pytest.warns(UserWarning, match="partial accumulation group: 1 micro-batch"):
+        trainer.fit(Tiny(), loader)
+    assert cb.monitor.measured == 6 and cb.monitor.skipped == 2
+    assert sum(cb.monitor.skip_reasons.values()) == 2
+    assert (pd.read_csv(tmp_path / "noise" / "noise.csv")["sources"] == K).all()
+
+
 class _HFTiny(torch.nn.Module):
     """The tiny MLP as a Trainer model: records the micro-batches it trains on."""
 

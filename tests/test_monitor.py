@@ -77,6 +77,33 @@ def _accumulate(model, mon, a_batches, k, scale=1.0, accumulation="mean"):
         ((loss / k if accumulation == "mean" else loss) * scale).backward()
 
 
+def test_a_partial_accumulation_group_is_skipped_not_misread():
+    """k = 4 micro-batches of 8 (B = 32); an epoch of 14 micro-batches ends with a step of 2
+    (each still of 8 examples, not B/2 = 16) and then one of 1: both are skipped with a warning,
+    and a first step with one micro-batch is still refused (a loop without accumulation)."""
+    torch.manual_seed(0)
+    model = tanh_mlp(6, 8, 3)
+    x, y = torch.randn(14 * 8, 6), torch.randint(0, 3, (14 * 8,))
+    mon = NoiseMonitor(model, batch_size=32, sampling=paperlib.Sampling.shuffled(14 * 8))
+    groups = [4, 4, 4, 2, 4, 4, 4, 1]
+    rows, start = [], 0
+    with pytest.warns(UserWarning, match="partial accumulation group") as caught:
+        for g in groups:
+            for j in range(start, start + g):
+                xm, ym = x[8 * (j % 14):][:8], y[8 * (j % 14):][:8]
+                (torch.nn.functional.cross_entropy(model(xm), ym) / 4).backward()
+            start += g
+            rows.append(mon.step(lr=0.1))
+            model.zero_grad(set_to_none=True)
+    assert [r is None for r in rows] == [g < 4 for g in groups]
+    assert mon.measured == 6 and mon.skipped == 2 and len(caught) == 2  # once per reason
+    net = tanh_mlp(6, 8, 3)
+    first = NoiseMonitor(net, batch_size=32, sampling=paperlib.Sampling.shuffled(112))
+    torch.nn.functional.cross_entropy(net(x[:32]), y[:32]).backward()
+    with pytest.raises(ValueError, match="one micro-batch per step"):
+        first.step()
+
+
 @pytest.mark.parametrize("k", [2, 4, 8])
 def test_accumulation_equals_the_k_sample_estimator_on_the_micro_gradients(k):
     torch.manual_seed(0)
