@@ -123,9 +123,11 @@ FIGURES: tuple[Figure, ...] = (
                 "estimated at ≈ 58 core-minutes (≈ 29 min on 2 cores) per seed, more than the "
                 "4-hour budget of the whole cpu set leaves"),
     Figure("figA-lsr-4x-gn", "fig3_lsr", "App. F: LSR on PreResNet-32 4x GN",
-           params={"WIDTH": 4.0, "NORM": "gn", "SEEDS": [0]}, scaled={},
+           params={"WIDTH": 4.0, "NORM": "gn", "SEEDS": [0]}, scaled={"SEEDS": [0, 1]},
            note="cpu: Fig 3's cpu sweep on the GN convnet at width 4 (2× Fig 3's cpu width; "
-                "width 8 would cost ≈ 3 core-hours per seed), one seed: 24.6 min on 2 cores "
+                "width 8 would cost ≈ 3 core-hours per seed), two seeds (with one, the Thm 5.6 "
+                "row was inconclusive: 0.69, 95 % interval [0.69, 2.74]); 24.5 + 28.5 min on "
+                "2 cores, each seed trained from an empty store while other work shared them "
                 "(measured 2026-11-30)"),
     # --- SVAG groups (App. F): Fig 4 on other settings ------------------------------------
     Figure("figA-svag-baselines", "fig4_svag", "App. F: SVAG baselines (the other norm)",
