@@ -275,7 +275,8 @@ def record_timing(fig_id: str, preset: str, seconds: float, computed: int, store
     empty store), ``wall_s`` of a re-plot from the store (recorded once: a re-plot does not
     rewrite the file, so re-plotting leaves the committed files unchanged), and ``results`` and
     ``train_s``: how many results the figure uses and their stored training seconds (the
-    estimate shown while no from-scratch time covers all of them)."""
+    estimate shown while no from-scratch time covers all of them; updated when the figure is
+    computed from scratch or its number of results changes, not when some are recomputed)."""
     from .files import atomic_write_bytes
 
     path = path or paths.FIGURES / "timings.json"
@@ -289,9 +290,12 @@ def record_timing(fig_id: str, preset: str, seconds: float, computed: int, store
               "a from-scratch time", flush=True)
     elif "wall_s" not in entry:
         entry["wall_s"] = round(seconds, 1)
-    entry["results"] = computed + stored
-    if train_s is not None:
+    # the training seconds follow the set of results (from scratch, or runs added), not a rerun
+    # of some of them: a recomputed run's new wall time would rewrite the file by a second
+    if train_s is not None and (("train_s" not in entry) or (computed and not stored)
+                                or entry.get("results") != computed + stored):
         entry["train_s"] = round(train_s)
+    entry["results"] = computed + stored
     if entry == data[preset].get(fig_id):
         return
     data[preset][fig_id] = entry

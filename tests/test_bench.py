@@ -87,6 +87,14 @@ def test_figure_timings_are_read_when_present(tmp_path):
     rows = figures.rows(path)
     assert [r.value for r in rows] == [600.0, 30.0, 630.0]
     assert "re-plot 12 s" in rows[0].note and "re-plot from the store" in rows[1].note
+    # train_s follows the set of results, not a rerun of some of them (a recomputed run's new
+    # wall time used to rewrite the file, which a test of the CLI caught under load)
+    record_timing("fig3", "cpu", 100.0, computed=4, path=path, train_s=200.0)
+    before = path.read_bytes()
+    record_timing("fig3", "cpu", 50.0, computed=1, stored=3, path=path, train_s=201.4)
+    assert path.read_bytes() == before
+    record_timing("fig3", "cpu", 60.0, computed=4, stored=4, path=path, train_s=400.0)  # a seed
+    assert json.loads(path.read_text())["cpu"]["fig3"]["train_s"] == 400
 
 
 def smoke(**kw):
