@@ -238,17 +238,19 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
 
 
 def overhead_row(group: str, what: str, setting: str, times: dict[str, list[float]], a: str,
-                 b: str, target_pct: float, note: str = "") -> Row:
+                 b: str, target_pct: float | None, note: str = "") -> Row:
     """The overhead of ``a`` over ``b`` in %, (median paired ratio − 1), with its 95 % interval;
     holds when the interval's upper end is ≤ ``target_pct``, fails when its lower end is above,
-    and is inconclusive (``ok`` None) when it straddles the target."""
+    and is inconclusive (``ok`` None) when it straddles the target (None: reported only)."""
     ratios = [x / y for x, y in zip(times[a], times[b], strict=True)]
     lo, hi = (100 * (r - 1) for r in median_interval(ratios))
     value = 100 * (statistics.median(ratios) - 1)
-    ok = True if hi <= target_pct else (False if lo > target_pct else None)
     text = f"95 % interval [{lo:+.1f}, {hi:+.1f}] % over {len(ratios)} paired repeats"
-    return Row(group, what, setting, value, "%", f"≤ {target_pct:g} %", ok,
-               text + (f"; {note}" if note else ""))
+    text += f"; {note}" if note else ""
+    if target_pct is None:
+        return Row(group, what, setting, value, "%", "", None, text)
+    ok = True if hi <= target_pct else (False if lo > target_pct else None)
+    return Row(group, what, setting, value, "%", f"≤ {target_pct:g} %", ok, text)
 
 
 # --- a training step for a config, through paperlib's public API ---------------------------------

@@ -22,7 +22,6 @@ its interval shows what the harness resolves (it should contain 0).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -148,9 +147,9 @@ def rows(b) -> list[Row]:
     result.append(overhead_row(GROUP, f"NoiseMonitor, accumulation (k={k} micro-batches): "
                                "overhead", setting + f" k={k}", times, "on", "off", TARGET_PCT,
                                f"{mon.measured} steps measured"))
-    null = overhead_row(GROUP, "null: the same plain step / an identical copy of it (what the "
-                        "harness resolves)", setting + f" k={k}", times, "twin", "off", 0.0)
-    result.append(dataclasses.replace(null, target="", ok=None))
+    result.append(overhead_row(GROUP, "null: the same plain step / an identical copy of it "
+                               "(what the harness resolves)", setting + f" k={k}", times, "twin",
+                               "off", None))
     repeats = 20 * p.repeats
     hooks_us, step_us = own_cost(base, B, k, b.device, repeats)
     calls = k * len(trained_parameters(base))
@@ -173,9 +172,9 @@ def rows(b) -> list[Row]:
         result.append(overhead_row(GROUP, "NoiseMonitor, 2-rank DDP (gloo, comm hook + 2-scalar "
                                    "all-reduce): overhead", setting + " (B/2 per rank)", times,
                                    "on", "off", TARGET_PCT, "one thread per rank"))
-        null = overhead_row(GROUP, "null, 2-rank DDP: the same plain DDP step / an identical "
-                            "copy of it", setting + " (B/2 per rank)", times, "twin", "off", 0.0)
-        result.append(dataclasses.replace(null, target="", ok=None))
+        result.append(overhead_row(GROUP, "null, 2-rank DDP: the same plain DDP step / an "
+                                   "identical copy of it", setting + " (B/2 per rank)", times,
+                                   "twin", "off", None))
     else:
         result.append(Row(GROUP, "NoiseMonitor, 2-rank DDP: overhead", setting, None, "%",
                           note="CPU profile only (gloo)"))
@@ -194,10 +193,9 @@ def rows(b) -> list[Row]:
         return step
 
     times = interleaved({"on": split("on", True), "off": split("off", False)}, b.device, **many)
-    split_row = overhead_row(GROUP, "half-batch split, sgd_step(measure=True) / sgd_step (one "
+    result.append(overhead_row(GROUP, "half-batch split, sgd_step(measure=True) / sgd_step (one "
                              "process, one micro-batch): overhead", setting, times, "on", "off",
-                             0.0, "two passes of B/2 instead of one of B, as paperlib's own loop "
+                             None, "two passes of B/2 instead of one of B, as paperlib's own loop "
                              "measures G/N (the online-nsr rows); smaller passes can be faster "
-                             "on a CPU")
-    result.append(dataclasses.replace(split_row, target="", ok=None))
+                             "on a CPU"))
     return result

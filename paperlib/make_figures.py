@@ -169,9 +169,11 @@ def _replot_one(notebook: str, target: str, parameters: dict) -> tuple[bool, flo
 
     from papermill.exceptions import PapermillExecutionError
 
+    from .store import NO_TRAIN_ENV
+
     # SIGTERM (the parent stopping) as Ctrl-C: papermill then shuts the kernel down
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    os.environ["PAPERLIB_NO_TRAIN"] = "1"  # the kernel inherits it: missing results raise
+    os.environ[NO_TRAIN_ENV] = "1"  # the kernel inherits it: missing results raise
     out = io.StringIO()
     t0 = time.time()
     try:

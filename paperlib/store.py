@@ -40,6 +40,7 @@ from .paths import runs_root
 
 RESULTS_VERSION = 2  # bump when a change alters what a run computes or records
 FILES = ("config.json", "history.csv")
+NO_TRAIN_ENV = "PAPERLIB_NO_TRAIN"  # set: missing results raise instead of being computed
 RESULT_LOG_ENV = "PAPERLIB_RESULT_LOG"  # a file: one JSON line per result used (make figures)
 
 
@@ -81,7 +82,7 @@ def training_allowed() -> bool:
     """False when the environment sets ``PAPERLIB_NO_TRAIN`` (to anything but "" or "0"): then a
     missing or stale result raises :class:`StaleResultError` instead of being computed
     (notebooks under nbval check the committed results without recomputing them)."""
-    return os.environ.get("PAPERLIB_NO_TRAIN", "") in ("", "0")
+    return os.environ.get(NO_TRAIN_ENV, "") in ("", "0")
 
 
 def note_result(kind: str, name: str, event: str) -> None:
