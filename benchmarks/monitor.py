@@ -22,6 +22,7 @@ its interval shows what the harness resolves (it should contain 0).
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import statistics
 import tempfile
@@ -124,6 +125,14 @@ def _ddp_worker(rank: int, world: int, init: str, out: str, size: tuple, timing:
                         torch.device("cpu"), **timing)
     if rank == 0:
         Path(out).write_text(json.dumps(times))
+    # Tear down in order: the DDP reducers (and the monitor's comm hook) before their process
+    # group, and that group only once both ranks are done with it; a rank that left its
+    # reducers to interpreter exit after the other rank had gone aborted once in a CI run
+    # ("terminate called without an active exception", SIGABRT).
+    mon.remove()
+    del plain, twin, watched, mon, times
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 

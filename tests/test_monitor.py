@@ -453,6 +453,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"rows": mon.history, "pairs": pairs, "G": G, "trace1": trace1}, f)
+    del model, mon  # the DDP reducer before its process group, as benchmarks/monitor.py does
+    dist.barrier()
     dist.destroy_process_group()
 
 
