@@ -143,13 +143,13 @@ FIGURES: tuple[Figure, ...] = (
     Figure("figA-svag-vgg16-bn", "fig4_svag", "App. F: SVAG on VGG-16 BN",
            params={"ARCH": "vgg16", "NORM": "bn", "SEEDS": [0], "PANELS": [[128, 0.8]],
                    "LS": PAPER_LS},
-           scaled={"WIDTH": 0.25, "PANELS": [[16, 0.4]], "LS": CPU_LS},
+           scaled={"WIDTH": 0.25, "PANELS": [[16, 0.05]], "LS": CPU_LS},
            note="cpu: VGG-16 BN at quarter width (all 13 conv layers) on the Fig 4 cpu data "
-                "(8×8, n = 2000), the small-batch panel B = 16 at η = 0.4, one seed: 29.4 min "
-                "on 2 cores (measured 2026-11-30). At this scale the net barely learns (final "
-                "test accuracy 16–21 %, chance 10 %) and its l = 4 and l = 8 runs end 4.6 "
-                "points apart, so the 'converges' row fails: a statement about the scale more "
-                "than about SVAG (its GN twin learns, at η = 0.02)"),
+                "(8×8, n = 2000), the small-batch panel B = 16, one seed, at η = 0.05: 33.1 min "
+                "on 2 cores shared with other work (measured 2026-11-30). Not the Fig 4 cpu "
+                "panel's η = 0.4, at which this net barely learns (final test accuracy 16–21 %, "
+                "its l = 4 and l = 8 runs 4.6 points apart); l = 1 runs ended at 25.1 % "
+                "(η = 0.2), 38.8 % (0.1) and 41.6 % (0.05), so the panel takes 0.05"),
     Figure("figA-svag-vgg16-gn", "fig4_svag", "App. F: SVAG on VGG-16 GN",
            params={"ARCH": "vgg16", "NORM": "gn", "SEEDS": [0], "PANELS": [[128, 0.8]],
                    "LS": PAPER_LS},
