@@ -104,6 +104,43 @@ def test_a_partial_accumulation_group_is_skipped_not_misread():
         first.step()
 
 
+def test_every_measures_each_mth_step_as_the_every_step_monitor_does_and_detaches_between():
+    """every=3: rows at steps 1, 4, 7, 10 equal to an every-step monitor's on the same backward
+    passes; no hook sees the steps between; remove() keeps them detached; bad values refused."""
+    torch.manual_seed(0)
+    model = tanh_mlp(6, 8, 3)
+    x, y = torch.randn(12 * 32, 6), torch.randint(0, 3, (12 * 32,))
+    sampling = paperlib.Sampling.shuffled(12 * 32)
+    each = NoiseMonitor(model, batch_size=32, sampling=sampling, window=None)
+    third = NoiseMonitor(model, batch_size=32, sampling=sampling, window=None, every=3)
+    rows = []
+    for s in range(11):
+        for xm, ym in zip(x[32 * s:32 * (s + 1)].chunk(4), y[32 * s:32 * (s + 1)].chunk(4),
+                          strict=True):
+            (torch.nn.functional.cross_entropy(model(xm), ym) / 4).backward()
+        seen = max(third._taps._counts)  # backward passes its hooks saw this step
+        assert seen == (4 if s % 3 == 0 else 0)
+        r_each, r_third = each.step(lr=0.1), third.step(lr=0.1)
+        rows.append(r_third)
+        if s % 3 == 0:
+            assert r_third["step"] == s + 1
+            assert (r_third["G"], r_third["N"]) == (r_each["G"], r_each["N"])
+        model.zero_grad(set_to_none=True)
+    assert [r is not None for r in rows] == [s % 3 == 0 for s in range(11)]
+    assert third.measured == 4 and third.skipped == 0 and third.summary()["count"] == 4
+    assert third.summary()["G"] == pytest.approx(
+        sum(r["G"] for r in each.history[::3]) / 4)
+    third.remove()
+    torch.nn.functional.cross_entropy(model(x[:8]), y[:8]).backward()
+    assert third.step() is None  # step 12 re-attaches the hooks for step 13, unless removed
+    assert third._taps._handles == []
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="every="):
+            NoiseMonitor(model, batch_size=32, sampling=sampling, every=bad)
+    with pytest.raises(ValueError, match="every=2 is for sources"):
+        NoiseMonitor(batch_size=32, sampling=sampling, every=2)
+
+
 @pytest.mark.parametrize("k", [2, 4, 8])
 def test_accumulation_equals_the_k_sample_estimator_on_the_micro_gradients(k):
     torch.manual_seed(0)
@@ -428,10 +465,12 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     model = DDP(Point(w))
     sampling = paperlib.Sampling.shuffled(DDP_N)  # DistributedSampler: one permutation
     mon = NoiseMonitor(model, batch_size=DDP_B, sampling=sampling, window=None)
+    sparse = DDP(Point(w))  # every=2 on the same batches: the rows of the steps it measures
+    mon_every = NoiseMonitor(sparse, batch_size=DDP_B, sampling=sampling, every=2)
     b = DDP_B // world
     sampler = DistributedSampler(range(DDP_N), num_replicas=world, rank=rank, shuffle=True,
                                  seed=7)
-    pairs = []
+    pairs, every = [], []
     for epoch in range(DDP_EPOCHS):
         sampler.set_epoch(epoch)
         mine = torch.tensor(list(sampler))
@@ -440,6 +479,12 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
             point_loss(model(a[idx])).backward()
             row = mon.step(lr=0.0)
             model.zero_grad()
+            if epoch < 3:
+                point_loss(sparse(a[idx])).backward()
+                r2 = mon_every.step(lr=0.0)
+                sparse.zero_grad()
+                if r2 is not None:
+                    every.append([row["G"], r2["G"], row["N"], r2["N"]])
             if epoch == 0 and s < 3:  # the same two halves, one process, accumulation k = 2
                 both = [torch.zeros_like(idx) for _ in range(world)]
                 dist.all_gather(both, idx)
@@ -452,8 +497,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
                     pairs.append([row["G"], r1["G"], row["N"], r1["N"]])
     if rank == 0:
         with open(out, "w") as f:
-            json.dump({"rows": mon.history, "pairs": pairs, "G": G, "trace1": trace1}, f)
-    del model, mon  # the DDP reducer before its process group, as benchmarks/monitor.py does
+            json.dump({"rows": mon.history, "pairs": pairs, "every": every, "G": G,
+                       "trace1": trace1}, f)
+    del model, mon, sparse, mon_every  # DDP reducers before their process group (as the bench)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -469,6 +515,9 @@ def test_ddp_two_ranks_equal_the_single_process_estimate_and_are_unbiased(tmp_pa
     for g_ddp, g_one, n_ddp, n_one in res["pairs"]:  # float64 throughout; other summation order
         assert g_ddp == pytest.approx(g_one, rel=1e-9, abs=1e-12)
         assert n_ddp == pytest.approx(n_one, rel=1e-9)
+    # every=2 measures steps 1, 3, ... of the first 3 epochs (12 steps) as every step does
+    assert len(res["every"]) == 6
+    assert all(g == g2 and n == n2 for g, g2, n, n2 in res["every"])
     rows = res["rows"]
     steps = DDP_N // DDP_B
     assert len(rows) == DDP_EPOCHS * steps and all(r["sources"] == 2 for r in rows)
