@@ -504,6 +504,73 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _ddp_no_sync_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    """k = 2 micro-batches per rank, the first inside no_sync(): 4 sources per step, against
+    one process accumulating the same 4 micro-batches; a float64 Point and a float32 MLP."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    a, w, *_ = population(48)
+    torch.manual_seed(0)
+    mlp = tanh_mlp(3, 8, 2)
+    labels = torch.randint(0, 2, (48,), generator=torch.Generator().manual_seed(1))
+    nets = {"point": (lambda: Point(w), lambda m, i: point_loss(m(a[i]))),
+            "mlp": (lambda: copy.deepcopy(mlp), lambda m, i: torch.nn.functional.cross_entropy(
+                m(a[i].float()), labels[i]))}
+    sampling = paperlib.Sampling.shuffled(48)
+    res = {}
+    for name, (make, loss_of) in nets.items():
+        model = DDP(make())
+        mon = NoiseMonitor(model, batch_size=8, sampling=sampling)
+        rows = []
+        for s in range(3):
+            perm = torch.randperm(48, generator=torch.Generator().manual_seed(s))[:8]
+            mine = perm.view(2, world, 2)[:, rank]  # micro-batch j of rank r: perm[4j + 2r:][:2]
+            with model.no_sync():
+                (loss_of(model, mine[0]) / 2).backward()
+            (loss_of(model, mine[1]) / 2).backward()
+            row = mon.step(lr=0.0)
+            model.zero_grad()
+            if rank == 0:
+                one = make()
+                ref = NoiseMonitor(one, batch_size=8, sampling=sampling)
+                for j in range(2):
+                    for r in range(world):
+                        (loss_of(one, perm.view(2, world, 2)[j, r]) / 4).backward()
+                r1 = ref.step(lr=0.0)
+                rows.append([row["sources"], row["G"], r1["G"], row["N"], r1["N"]])
+        res[name] = rows
+        del model, mon
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(res, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_no_sync_accumulation_equals_the_single_process_estimate(tmp_path):
+    """DDP with gradient accumulation (the first micro-batch of each rank inside no_sync()):
+    4 sources per step, equal to one process accumulating the same 4 micro-batches, to float64
+    rounding (Point) and to float32 rounding of the summation order (MLP)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ddp.json"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_ddp_no_sync_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2,
+             join=True)
+    res = json.loads(out.read_text())
+    for name, rel in (("point", 1e-9), ("mlp", 1e-5)):
+        assert len(res[name]) == 3
+        for K, g_ddp, g_one, n_ddp, n_one in res[name]:
+            assert K == 4
+            assert g_ddp == pytest.approx(g_one, rel=rel), name
+            assert n_ddp == pytest.approx(n_one, rel=rel), name
+
+
 @pytest.mark.slow
 def test_ddp_two_ranks_equal_the_single_process_estimate_and_are_unbiased(tmp_path):
     import torch.multiprocessing as mp
