@@ -224,5 +224,11 @@ class GradientTaps:
         without the norm of the reduced buckets)."""
         for h in self._handles:
             h.remove()
+        # A removed hook leaves the tensor's (now empty) hook dict behind, and autograd still
+        # calls into Python for it on every backward (what made a detached step cost about as
+        # much as hooks that do nothing); with no one else's hook left, drop the dict too.
+        for p in self.params:
+            if p._backward_hooks is not None and not p._backward_hooks:
+                p._backward_hooks = None
         self._handles = []
         self.live = False

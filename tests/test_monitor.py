@@ -113,6 +113,18 @@ def test_every_measures_each_mth_step_as_the_every_step_monitor_does_and_detache
     sampling = paperlib.Sampling.shuffled(12 * 32)
     each = NoiseMonitor(model, batch_size=32, sampling=sampling, window=None)
     third = NoiseMonitor(model, batch_size=32, sampling=sampling, window=None, every=3)
+    # detached, a parameter keeps no empty hook dict (autograd would call into Python for it
+    # on every backward) unless another hook (here `each`'s) still needs it
+    alone = tanh_mlp(6, 8, 3)
+    seen_alone = []
+    alone[0].weight.register_hook(lambda g: seen_alone.append(1))  # the user's own hook
+    solo = NoiseMonitor(alone, batch_size=32, sampling=sampling, every=2)
+    for xm, ym in zip(x[:32].chunk(4), y[:32].chunk(4), strict=True):
+        torch.nn.functional.cross_entropy(alone(xm), ym).backward()
+    assert solo.step() is not None  # step 1 is measured; the hooks then detach until step 3
+    assert solo._taps._handles == [] and len(seen_alone) == 4
+    assert alone[0].weight._backward_hooks is not None  # the user's hook is kept
+    assert all(p._backward_hooks is None for p in solo.params if p is not alone[0].weight)
     rows = []
     for s in range(11):
         for xm, ym in zip(x[32 * s:32 * (s + 1)].chunk(4), y[32 * s:32 * (s + 1)].chunk(4),
