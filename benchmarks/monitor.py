@@ -9,10 +9,13 @@ Each row is a paired ratio measured in this run (``harness.interleaved``, median
   share of the step without the monitor;
 * DDP: a 2-rank gloo step on the CPU with the monitor's communication hook and its scalar
   all-reduce / the same DDP step with DDP's default all-reduce (two processes, one thread each);
+* both again with ``NoiseMonitor(every=EVERY)``, which measures one optimizer step in EVERY and
+  detaches its hooks for the others; each timed call is EVERY steps, so that it holds one
+  measured step wherever the count starts;
 * the half-batch split (``sgd_step(measure=True)``: two half passes) / ``sgd_step`` without G/N,
   as the online-nsr rows measure it inside paperlib's loop, here on the accumulation row's net.
 
-Target ≤ 2 % for the two monitor rows: they only read gradients the step computes anyway. A few
+Target ≤ 2 % for the monitor rows: they only read gradients the step computes anyway. A few
 percent is within the pairs' noise on a CPU, so these rows take ``OVERHEAD_REPEATS`` × the
 profile's repeats, give the median's 95 % interval and hold only when all of it is ≤ 2 %; the
 null row times the plain step against an identical copy of itself in the same interleaving, so
@@ -44,6 +47,7 @@ SIZES = {"cpu": ("preresnet8", "gn", 16, 128, 4), "gpu": ("preresnet32", "gn", 3
 POPULATION = 50_000
 OVERHEAD_REPEATS = 6  # × the profile's repeats for the ≤ 2 % rows (cpu: 90 pairs)
 TARGET_PCT = 2.0
+EVERY = 4  # the every= rows: one measured step in EVERY
 
 
 def _setup(arch, norm, r, B, device, seed=0):
@@ -67,6 +71,16 @@ def accumulation_stepper(model, x, y, k: int, mon: NoiseMonitor | None = None):
         opt.zero_grad(set_to_none=True)
 
     return step
+
+
+def in_groups(step, m: int):
+    """``step`` run m times per call (a timed call then holds one step of an ``every=m``
+    monitor's cycle of m, wherever it starts)."""
+    def steps(k: int) -> None:
+        for j in range(m):
+            step(m * k + j)
+
+    return steps
 
 
 def own_cost(model, B: int, k: int, device: torch.device, repeats: int) -> tuple[float, float]:
@@ -123,14 +137,22 @@ def _ddp_worker(rank: int, world: int, init: str, out: str, size: tuple, timing:
                          "off": accumulation_stepper(plain, x, y, 1),
                          "twin": accumulation_stepper(twin, x, y, 1)},
                         torch.device("cpu"), **timing)
+    sparse = DDP(copy.deepcopy(model))
+    mon_every = NoiseMonitor(sparse, batch_size=B, sampling=Sampling.shuffled(POPULATION),
+                             every=EVERY)
+    every = interleaved({"on": in_groups(accumulation_stepper(sparse, x, y, 1, mon_every), EVERY),
+                         "off": in_groups(accumulation_stepper(plain, x, y, 1), EVERY)},
+                        torch.device("cpu"), **timing)
     if rank == 0:
-        Path(out).write_text(json.dumps(times))
+        Path(out).write_text(json.dumps({"step": times, "every": every,
+                                         "measured": mon_every.measured}))
     # Tear down in order: the DDP reducers (and the monitor's comm hook) before their process
     # group, and that group only once both ranks are done with it; a rank that left its
     # reducers to interpreter exit after the other rank had gone aborted once in a CI run
     # ("terminate called without an active exception", SIGABRT).
     mon.remove()
-    del plain, twin, watched, mon, times
+    mon_every.remove()
+    del plain, twin, watched, sparse, mon, mon_every, times, every
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()
@@ -159,6 +181,17 @@ def rows(b) -> list[Row]:
     result.append(overhead_row(GROUP, "null: the same plain step / an identical copy of it "
                                "(what the harness resolves)", setting + f" k={k}", times, "twin",
                                "off", None))
+    sparse, plain_every = copy.deepcopy(base), copy.deepcopy(base)
+    mon_every = NoiseMonitor(sparse, batch_size=B, sampling=Sampling.shuffled(POPULATION),
+                             every=EVERY)
+    every = interleaved({"on": in_groups(accumulation_stepper(sparse, x, y, k, mon_every), EVERY),
+                         "off": in_groups(accumulation_stepper(plain_every, x, y, k), EVERY)},
+                        b.device, **many)
+    mon_every.remove()
+    result.append(overhead_row(GROUP, f"NoiseMonitor(every={EVERY}), accumulation (k={k}): "
+                               "overhead", setting + f" k={k}", every, "on", "off", TARGET_PCT,
+                               f"{mon_every.measured} steps measured, 1 in {EVERY}; timed in "
+                               f"groups of {EVERY} steps"))
     repeats = 20 * p.repeats
     hooks_us, step_us = own_cost(base, B, k, b.device, repeats)
     calls = k * len(trained_parameters(base))
@@ -177,13 +210,17 @@ def rows(b) -> list[Row]:
             out = Path(tmp) / "times.json"
             mp.spawn(_ddp_worker, args=(2, str(Path(tmp) / "init"), str(out),
                                         (arch, norm, r, B, k), many), nprocs=2, join=True)
-            times = json.loads(out.read_text())
+            got = json.loads(out.read_text())
         result.append(overhead_row(GROUP, "NoiseMonitor, 2-rank DDP (gloo, comm hook + 2-scalar "
-                                   "all-reduce): overhead", setting + " (B/2 per rank)", times,
-                                   "on", "off", TARGET_PCT, "one thread per rank"))
+                                   "all-reduce): overhead", setting + " (B/2 per rank)",
+                                   got["step"], "on", "off", TARGET_PCT, "one thread per rank"))
         result.append(overhead_row(GROUP, "null, 2-rank DDP: the same plain DDP step / an "
-                                   "identical copy of it", setting + " (B/2 per rank)", times,
-                                   "twin", "off", None))
+                                   "identical copy of it", setting + " (B/2 per rank)",
+                                   got["step"], "twin", "off", None))
+        result.append(overhead_row(GROUP, f"NoiseMonitor(every={EVERY}), 2-rank DDP: overhead",
+                                   setting + " (B/2 per rank)", got["every"], "on", "off",
+                                   TARGET_PCT, f"{got['measured']} steps measured, 1 in "
+                                   f"{EVERY}; timed in groups of {EVERY} steps"))
     else:
         result.append(Row(GROUP, "NoiseMonitor, 2-rank DDP: overhead", setting, None, "%",
                           note="CPU profile only (gloo)"))

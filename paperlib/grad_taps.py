@@ -41,6 +41,7 @@ class GradientTaps:
         module = model.module if isinstance(model, DDP) else model
         self.source, self.accumulation = source, accumulation
         self.paused = False  # backward passes while paused are not micro-batches of the step
+        self.live = True  # False between the steps a NoiseMonitor(every=m) measures: detached
         self.rank, self.world = 0, 1
         self.params = trained_parameters(module)
         if not self.params:
@@ -64,7 +65,8 @@ class GradientTaps:
         self._counts = [0] * len(self.params)  # backward passes seen per tensor
         self._acc = None  # the one flat copy Σ_j g_j (source micro_batches only)
         self._fresh = True  # no micro-batch in the flat copy yet this step
-        self._handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self.params)]
+        self._handles = []
+        self.attach()
         if source == "ranks":
             import torch.distributed as dist
 
@@ -155,7 +157,7 @@ class GradientTaps:
 
         def done(f):
             out = f.value()[0]
-            if not self.paused:
+            if self.live and not self.paused:
                 self._mean_sq += torch.linalg.vector_norm(out, dtype=torch.float64).square()
             return out
 
@@ -210,9 +212,23 @@ class GradientTaps:
         mean_sq /= (scale * w * k_local) ** 2
         return sum_sq, mean_sq, k_total, None
 
+    def attach(self) -> None:
+        """(Re)register the parameter hooks: the backward passes from here on are measured."""
+        if not self._handles:
+            self._handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self.params)]
+        self.live = True
+
     def remove(self) -> None:
-        """Detach the parameter hooks (a DDP communication hook cannot be unregistered; it
-        keeps doing DDP's plain all-reduce)."""
+        """Detach the parameter hooks until :meth:`attach`: backward passes cost nothing extra
+        (a DDP communication hook cannot be unregistered; it keeps doing DDP's plain all-reduce,
+        without the norm of the reduced buckets)."""
         for h in self._handles:
             h.remove()
+        # A removed hook leaves the tensor's (now empty) hook dict behind, and autograd still
+        # calls into Python for it on every backward (what made a detached step cost about as
+        # much as hooks that do nothing); with no one else's hook left, drop the dict too.
+        for p in self.params:
+            if p._backward_hooks is not None and not p._backward_hooks:
+                p._backward_hooks = None
         self._handles = []
+        self.live = False

@@ -138,10 +138,16 @@ class NoiseMonitor:
         log_dir: write ``<name>.csv`` and ``<name>.jsonl`` there (rank 0 only under DDP), and
             TensorBoard events when ``tensorboard`` is installed.
         tensorboard: None: when installed; True: required; False: never.
+        every: measure every ``every``-th optimizer step (steps 1, 1 + every, ...); between
+            them the parameter hooks are detached, so an unmeasured step costs one counter
+            (under DDP the communication hook still does DDP's all-reduce, nothing more). The
+            window, EMA and ``measured`` count measured steps. Sources "micro_batches" and
+            "ranks" only (``sgd_step``'s ``measure`` chooses the steps of "step_stats").
 
     Raises:
         ValueError: an unknown source or accumulation, a DDP source without a DDP module, bad
-            sizes, C ≤ 1, β outside [0, 1), or a non-positive window.
+            sizes, C ≤ 1, β outside [0, 1), a non-positive window, or ``every`` < 1 (or ≠ 1
+            for "step_stats").
     """
 
     def __init__(self, model: torch.nn.Module | None = None, *, batch_size: int,
@@ -149,7 +155,7 @@ class NoiseMonitor:
                  optimizer: torch.optim.Optimizer | None = None, scaler=None,
                  C: float = SQRT2, window: int | None = 200, blocks: int = 10,
                  ema: float = 0.98, log_dir: str | Path | None = None,
-                 tensorboard: bool | None = None, name: str = "noise"):
+                 tensorboard: bool | None = None, name: str = "noise", every: int = 1):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         is_ddp = isinstance(model, DDP)
@@ -175,6 +181,11 @@ class NoiseMonitor:
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema={ema!r} is not allowed; the EMA decay must be in [0, 1)")
         check_int("window", window, 2, allow_none=True)
+        self.every = check_int("every", every, 1)
+        if source == "step_stats" and every != 1:
+            raise ValueError(f"every={every!r} is for sources that measure themselves; with "
+                             "source='step_stats' choose the measured steps with sgd_step's "
+                             "measure=")
         check_int("blocks", blocks, 0)
         self.C = check_c(C)
         self.batch_size, self.sampling, self.source = batch_size, sampling, source
@@ -188,6 +199,7 @@ class NoiseMonitor:
         self._win: deque = deque(maxlen=window)  # (G, N, lr) of the window's steps
         self._ema_g = self._ema_n = 0.0
         self._taps = None  # the hooks that see each micro-batch's gradient (not step_stats)
+        self._removed = False  # remove() was called: every= does not re-attach the hooks
         self._k_max = 0  # most sources of a measured step: a step with fewer is a partial group
         rank = 0
         if source != "step_stats":
@@ -216,6 +228,7 @@ class NoiseMonitor:
     def remove(self) -> None:
         """Detach the parameter hook and close the log files (the DDP hook stays registered:
         torch cannot unregister one; it keeps doing DDP's plain all-reduce)."""
+        self._removed = True
         if self._taps is not None:
             self._taps.remove()
         if self.logs is not None:
@@ -247,7 +260,8 @@ class NoiseMonitor:
                 ``drop_last=False``) is skipped, since its sources are smaller than B/K.
 
         Returns:
-            The step's row (``LOG_COLUMNS``), or None when the step was skipped (non-finite
+            The step's row (``LOG_COLUMNS``), or None for a step that ``every`` leaves out or
+            one that was skipped (non-finite
             gradients under mixed precision, no backward pass, a partial batch, fewer
             micro-batches than earlier steps (a partial accumulation group), or B not a
             multiple of the K sources); reasons in ``skip_reasons``.
@@ -257,6 +271,15 @@ class NoiseMonitor:
                 size, or one process with fewer than 2 micro-batches.
         """
         self.step_count += 1
+        if self.source != "step_stats" and self.every > 1:
+            # the hooks are attached for exactly the measured steps' backward passes
+            measured = (self.step_count - 1) % self.every == 0
+            if measured:
+                self._taps.remove()
+            elif self.step_count % self.every == 0 and not self._removed:
+                self._taps.attach()  # the next step is measured
+            if not measured:
+                return None
         if lr is None and self.optimizer is not None:
             lr = self.optimizer.param_groups[0]["lr"]
         lr = float("nan") if lr is None else float(lr)

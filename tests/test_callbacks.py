@@ -232,7 +232,7 @@ def test_huggingface_callback_added_late_warns_that_reporters_miss_it(tmp_path):
 
     cb = NoiseMonitorCallback(batch_size=B, sampling=paperlib.Sampling.shuffled(N_TRAIN))
     trainer = _hf_trainer(tmp_path, _HFTiny(), ["tensorboard"], callbacks=[cb])
-    with pytest.warns(UserWarning, match=r"tensorboard .*attach") as caught:
+    with pytest.warns(UserWarning, match=r"TensorBoardCallback runs on_log before") as caught:
         trainer.train()
     ours = [w for w in caught if "attach" in str(w.message)]
     assert ours and all(w.filename == __file__ for w in ours)  # the user's trainer.train() line
@@ -248,8 +248,22 @@ def test_huggingface_callback_added_late_without_reporters_still_warns(tmp_path)
     trainer = _hf_trainer(tmp_path, _HFTiny(), [])
     trainer.add_callback(NoiseMonitorCallback(batch_size=B,
                                               sampling=paperlib.Sampling.shuffled(N_TRAIN)))
-    with pytest.warns(UserWarning, match=r"console printer .*attach"):
+    with pytest.warns(UserWarning, match=r"PrinterCallback runs on_log before .*attach"):
         trainer.train()
+
+
+def test_huggingface_callback_passed_in_callbacks_without_reporters_does_not_warn(tmp_path):
+    """In Trainer(callbacks=...) with report_to=[], nothing logs before it (the console printer
+    comes after the callbacks= list): no warning about reporters, and its values are logged."""
+    pytest.importorskip("transformers")
+    from paperlib.callbacks.huggingface import NoiseMonitorCallback
+
+    cb = NoiseMonitorCallback(batch_size=B, sampling=paperlib.Sampling.shuffled(N_TRAIN))
+    trainer = _hf_trainer(tmp_path, _HFTiny(), [], callbacks=[cb])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*will not see noise")
+        trainer.train()
+    assert sum("noise/G" in h for h in trainer.state.log_history) == STEPS
 
 
 def test_huggingface_attach_refuses_a_second_monitor(tmp_path):

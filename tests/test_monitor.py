@@ -104,6 +104,55 @@ def test_a_partial_accumulation_group_is_skipped_not_misread():
         first.step()
 
 
+def test_every_measures_each_mth_step_as_the_every_step_monitor_does_and_detaches_between():
+    """every=3: rows at steps 1, 4, 7, 10 equal to an every-step monitor's on the same backward
+    passes; no hook sees the steps between; remove() keeps them detached; bad values refused."""
+    torch.manual_seed(0)
+    model = tanh_mlp(6, 8, 3)
+    x, y = torch.randn(12 * 32, 6), torch.randint(0, 3, (12 * 32,))
+    sampling = paperlib.Sampling.shuffled(12 * 32)
+    each = NoiseMonitor(model, batch_size=32, sampling=sampling, window=None)
+    third = NoiseMonitor(model, batch_size=32, sampling=sampling, window=None, every=3)
+    # detached, a parameter keeps no empty hook dict (autograd would call into Python for it
+    # on every backward) unless another hook (here `each`'s) still needs it
+    alone = tanh_mlp(6, 8, 3)
+    seen_alone = []
+    alone[0].weight.register_hook(lambda g: seen_alone.append(1))  # the user's own hook
+    solo = NoiseMonitor(alone, batch_size=32, sampling=sampling, every=2)
+    for xm, ym in zip(x[:32].chunk(4), y[:32].chunk(4), strict=True):
+        torch.nn.functional.cross_entropy(alone(xm), ym).backward()
+    assert solo.step() is not None  # step 1 is measured; the hooks then detach until step 3
+    assert solo._taps._handles == [] and len(seen_alone) == 4
+    assert alone[0].weight._backward_hooks is not None  # the user's hook is kept
+    assert all(p._backward_hooks is None for p in solo.params if p is not alone[0].weight)
+    rows = []
+    for s in range(11):
+        for xm, ym in zip(x[32 * s:32 * (s + 1)].chunk(4), y[32 * s:32 * (s + 1)].chunk(4),
+                          strict=True):
+            (torch.nn.functional.cross_entropy(model(xm), ym) / 4).backward()
+        seen = max(third._taps._counts)  # backward passes its hooks saw this step
+        assert seen == (4 if s % 3 == 0 else 0)
+        r_each, r_third = each.step(lr=0.1), third.step(lr=0.1)
+        rows.append(r_third)
+        if s % 3 == 0:
+            assert r_third["step"] == s + 1
+            assert (r_third["G"], r_third["N"]) == (r_each["G"], r_each["N"])
+        model.zero_grad(set_to_none=True)
+    assert [r is not None for r in rows] == [s % 3 == 0 for s in range(11)]
+    assert third.measured == 4 and third.skipped == 0 and third.summary()["count"] == 4
+    assert third.summary()["G"] == pytest.approx(
+        sum(r["G"] for r in each.history[::3]) / 4)
+    third.remove()
+    torch.nn.functional.cross_entropy(model(x[:8]), y[:8]).backward()
+    assert third.step() is None  # step 12 re-attaches the hooks for step 13, unless removed
+    assert third._taps._handles == []
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="every="):
+            NoiseMonitor(model, batch_size=32, sampling=sampling, every=bad)
+    with pytest.raises(ValueError, match="every=2 is for sources"):
+        NoiseMonitor(batch_size=32, sampling=sampling, every=2)
+
+
 @pytest.mark.parametrize("k", [2, 4, 8])
 def test_accumulation_equals_the_k_sample_estimator_on_the_micro_gradients(k):
     torch.manual_seed(0)
@@ -428,10 +477,12 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     model = DDP(Point(w))
     sampling = paperlib.Sampling.shuffled(DDP_N)  # DistributedSampler: one permutation
     mon = NoiseMonitor(model, batch_size=DDP_B, sampling=sampling, window=None)
+    sparse = DDP(Point(w))  # every=2 on the same batches: the rows of the steps it measures
+    mon_every = NoiseMonitor(sparse, batch_size=DDP_B, sampling=sampling, every=2)
     b = DDP_B // world
     sampler = DistributedSampler(range(DDP_N), num_replicas=world, rank=rank, shuffle=True,
                                  seed=7)
-    pairs = []
+    pairs, every = [], []
     for epoch in range(DDP_EPOCHS):
         sampler.set_epoch(epoch)
         mine = torch.tensor(list(sampler))
@@ -440,6 +491,12 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
             point_loss(model(a[idx])).backward()
             row = mon.step(lr=0.0)
             model.zero_grad()
+            if epoch < 3:
+                point_loss(sparse(a[idx])).backward()
+                r2 = mon_every.step(lr=0.0)
+                sparse.zero_grad()
+                if r2 is not None:
+                    every.append([row["G"], r2["G"], row["N"], r2["N"]])
             if epoch == 0 and s < 3:  # the same two halves, one process, accumulation k = 2
                 both = [torch.zeros_like(idx) for _ in range(world)]
                 dist.all_gather(both, idx)
@@ -452,10 +509,78 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
                     pairs.append([row["G"], r1["G"], row["N"], r1["N"]])
     if rank == 0:
         with open(out, "w") as f:
-            json.dump({"rows": mon.history, "pairs": pairs, "G": G, "trace1": trace1}, f)
-    del model, mon  # the DDP reducer before its process group, as benchmarks/monitor.py does
+            json.dump({"rows": mon.history, "pairs": pairs, "every": every, "G": G,
+                       "trace1": trace1}, f)
+    del model, mon, sparse, mon_every  # DDP reducers before their process group (as the bench)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _ddp_no_sync_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    """k = 2 micro-batches per rank, the first inside no_sync(): 4 sources per step, against
+    one process accumulating the same 4 micro-batches; a float64 Point and a float32 MLP."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    a, w, *_ = population(48)
+    torch.manual_seed(0)
+    mlp = tanh_mlp(3, 8, 2)
+    labels = torch.randint(0, 2, (48,), generator=torch.Generator().manual_seed(1))
+    nets = {"point": (lambda: Point(w), lambda m, i: point_loss(m(a[i]))),
+            "mlp": (lambda: copy.deepcopy(mlp), lambda m, i: torch.nn.functional.cross_entropy(
+                m(a[i].float()), labels[i]))}
+    sampling = paperlib.Sampling.shuffled(48)
+    res = {}
+    for name, (make, loss_of) in nets.items():
+        model = DDP(make())
+        mon = NoiseMonitor(model, batch_size=8, sampling=sampling)
+        rows = []
+        for s in range(3):
+            perm = torch.randperm(48, generator=torch.Generator().manual_seed(s))[:8]
+            mine = perm.view(2, world, 2)[:, rank]  # micro-batch j of rank r: perm[4j + 2r:][:2]
+            with model.no_sync():
+                (loss_of(model, mine[0]) / 2).backward()
+            (loss_of(model, mine[1]) / 2).backward()
+            row = mon.step(lr=0.0)
+            model.zero_grad()
+            if rank == 0:
+                one = make()
+                ref = NoiseMonitor(one, batch_size=8, sampling=sampling)
+                for j in range(2):
+                    for r in range(world):
+                        (loss_of(one, perm.view(2, world, 2)[j, r]) / 4).backward()
+                r1 = ref.step(lr=0.0)
+                rows.append([row["sources"], row["G"], r1["G"], row["N"], r1["N"]])
+        res[name] = rows
+        del model, mon
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(res, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_no_sync_accumulation_equals_the_single_process_estimate(tmp_path):
+    """DDP with gradient accumulation (the first micro-batch of each rank inside no_sync()):
+    4 sources per step, equal to one process accumulating the same 4 micro-batches, to float64
+    rounding (Point) and to float32 rounding of the summation order (MLP)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ddp.json"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_ddp_no_sync_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2,
+             join=True)
+    res = json.loads(out.read_text())
+    for name, rel in (("point", 1e-9), ("mlp", 1e-5)):
+        assert len(res[name]) == 3
+        for K, g_ddp, g_one, n_ddp, n_one in res[name]:
+            assert K == 4
+            assert g_ddp == pytest.approx(g_one, rel=rel), name
+            assert n_ddp == pytest.approx(n_one, rel=rel), name
 
 
 @pytest.mark.slow
@@ -469,6 +594,9 @@ def test_ddp_two_ranks_equal_the_single_process_estimate_and_are_unbiased(tmp_pa
     for g_ddp, g_one, n_ddp, n_one in res["pairs"]:  # float64 throughout; other summation order
         assert g_ddp == pytest.approx(g_one, rel=1e-9, abs=1e-12)
         assert n_ddp == pytest.approx(n_one, rel=1e-9)
+    # every=2 measures steps 1, 3, ... of the first 3 epochs (12 steps) as every step does
+    assert len(res["every"]) == 6
+    assert all(g == g2 and n == n2 for g, g2, n, n2 in res["every"])
     rows = res["rows"]
     steps = DDP_N // DDP_B
     assert len(rows) == DDP_EPOCHS * steps and all(r["sources"] == 2 for r in rows)

@@ -31,10 +31,12 @@ so every reporter sees ``noise/*`` in the same dict; the values go into the step
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 try:
     from transformers import TrainerCallback
+    from transformers.trainer_callback import CallbackHandler
 except ImportError as e:  # pragma: no cover - the extra is installed in CI
     raise ImportError("paperlib.callbacks.huggingface needs transformers: pip install "
                       "'paperlib[monitor]' (or pip install transformers)") from e
@@ -46,9 +48,9 @@ from ..warn import warn_user
 __all__ = ["NoiseMonitorCallback"]
 
 
-def _logs_before(trainer, callback) -> list[str]:
-    """Names of the trainer's callbacks that run ``on_log`` before ``callback`` does."""
-    callbacks = trainer.callback_handler.callbacks
+def _logs_before(handler, callback) -> list[str]:
+    """Names of the handler's callbacks that run ``on_log`` before ``callback`` does."""
+    callbacks = handler.callbacks
     before = callbacks[:callbacks.index(callback)] if callback in callbacks else []
     return [type(c).__name__ for c in before if type(c).on_log is not TrainerCallback.on_log]
 
@@ -58,8 +60,9 @@ class NoiseMonitorCallback(TrainerCallback):
 
     Attach it with :meth:`attach` (ahead of the reporters). Built directly and passed in
     ``Trainer(callbacks=...)`` or ``trainer.add_callback``, it still measures and fills
-    ``state.log_history``, but the ``report_to`` integrations never see its values (it warns at
-    train start when there are any), nor, after ``add_callback``, does the console printer.
+    ``state.log_history``, but the ``report_to`` integrations never see its values, nor, after
+    ``add_callback``, does the console printer; it warns at train start, naming the callbacks
+    that log before it, when there are any.
 
     Args:
         batch_size: B = per-device batch size × gradient_accumulation_steps.
@@ -115,21 +118,23 @@ class NoiseMonitorCallback(TrainerCallback):
             trainer.add_callback(c)
         return cb
 
-    def _warn_if_unreported(self, args) -> None:
+    def _warn_if_unreported(self, args, handler) -> None:
         """Warn when a reporter runs ``on_log`` before this callback (its values would miss
-        it): the attached callback knows the trainer's order; a bare one knows only that the
-        ``report_to`` integrations always precede user callbacks."""
+        it), from the order of the handler's callbacks (``handler``: the trainer's, or the
+        ``CallbackHandler`` calling ``on_train_begin``; None when neither is known: then only
+        the ``report_to`` integrations, which always precede user callbacks, are known)."""
         if self._trainer is not None:
-            early = _logs_before(self._trainer, self)
-            where = "run on_log before this callback"
+            handler = self._trainer.callback_handler
+        if handler is not None:
+            early = _logs_before(handler, self)
+            where = "on_log before this callback"
         else:
-            # Not attached: the report_to integrations always precede it, and after
-            # trainer.add_callback the console printer does too (it cannot tell which way).
-            early = list(args.report_to or []) or ["the console printer (after add_callback)"]
-            where = ("may log before a callback passed to Trainer(callbacks=...) or added with "
+            early = [r for r in args.report_to or [] if r != "none"]
+            where = ("on_log before a callback passed to Trainer(callbacks=...) or added with "
                      "trainer.add_callback")
         if early:
-            warn_user(f"{', '.join(early)} {where}, so they will not see noise/G, noise/N, "
+            verb = "runs" if len(early) == 1 else "run"
+            warn_user(f"{', '.join(early)} {verb} {where} and will not see noise/G, noise/N, "
                       "noise/B_star, ...: attach the monitor with "
                       "NoiseMonitorCallback.attach(trainer, ...), which puts it first, "
                       "after the Trainer has all its other callbacks")
@@ -148,7 +153,10 @@ class NoiseMonitorCallback(TrainerCallback):
             warn_user("TrainingArguments(dataloader_drop_last=False): the last optimizer "
                       "step of each epoch may hold a partial batch, which the noise monitor "
                       "would misread; set dataloader_drop_last=True")
-        self._warn_if_unreported(args)
+        # The handler that calls this hook knows the callbacks' order (a bare callback has
+        # no other way to see it); its frame is the caller's, CallbackHandler.call_event.
+        caller = sys._getframe(1).f_locals.get("self")
+        self._warn_if_unreported(args, caller if isinstance(caller, CallbackHandler) else None)
         log_dir = self.log_dir or os.path.join(args.output_dir, "noise")
         self.monitor = NoiseMonitor(model, batch_size=self.batch_size, sampling=self.sampling,
                                     scaler=self.scaler, log_dir=log_dir, **self.monitor_kw)
