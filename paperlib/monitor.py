@@ -183,9 +183,10 @@ class NoiseMonitor:
         check_int("window", window, 2, allow_none=True)
         self.every = check_int("every", every, 1)
         if source == "step_stats" and every != 1:
-            raise ValueError(f"every={every!r} is for sources that measure themselves; with "
-                             "source='step_stats' choose the measured steps with sgd_step's "
-                             "measure=")
+            raise ValueError(f"every={every!r} is for the sources whose gradients the monitor "
+                             "reads itself (micro_batches, ranks); with source='step_stats' a "
+                             "step is measured when you pass it stats= from "
+                             "sgd_step(..., measure=True), so measure only the steps you want")
         check_int("blocks", blocks, 0)
         self.C = check_c(C)
         self.batch_size, self.sampling, self.source = batch_size, sampling, source

@@ -149,7 +149,7 @@ def test_every_measures_each_mth_step_as_the_every_step_monitor_does_and_detache
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="every="):
             NoiseMonitor(model, batch_size=32, sampling=sampling, every=bad)
-    with pytest.raises(ValueError, match="every=2 is for sources"):
+    with pytest.raises(ValueError, match="every=2 is for the sources whose gradients"):
         NoiseMonitor(batch_size=32, sampling=sampling, every=2)
 
 

@@ -17,6 +17,9 @@ to ``<log_dir>/noise.csv`` / ``.jsonl`` (default ``<output_dir>/noise``) and Ten
 installed, and the latest values are added to the Trainer's training logs: ``noise/G`` and
 ``noise/N`` of the last optimizer step, ``noise/N_over_G``, ``noise/B_star`` and
 ``noise/B_simple`` from the monitor's bias-corrected EMA (so N_over_G is not noise/N ÷ noise/G).
+The per-step G is unbiased, so it can be negative when the true G is small against the noise
+(early steps, small batches); the three EMA values are NaN while the EMA of G is ≤ 0 (B* and
+B_simple also while that of N is < 0).
 
 Why :meth:`NoiseMonitorCallback.attach`: ``Trainer.log`` appends a copy of its ``logs`` dict to
 ``state.log_history`` and then hands that dict to every callback's ``on_log`` in list order.
@@ -136,8 +139,8 @@ class NoiseMonitorCallback(TrainerCallback):
             verb = "runs" if len(early) == 1 else "run"
             warn_user(f"{', '.join(early)} {verb} {where} and will not see noise/G, noise/N, "
                       "noise/B_star, ...: attach the monitor with "
-                      "NoiseMonitorCallback.attach(trainer, ...), which puts it first, "
-                      "after the Trainer has all its other callbacks")
+                      "NoiseMonitorCallback.attach(trainer, ...), which puts it first (call "
+                      "it once the Trainer has all its other callbacks)")
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if args.world_size > 1:

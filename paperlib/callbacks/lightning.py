@@ -13,7 +13,9 @@ DDP strategy the ranks are sources too (the monitor registers its DDP communicat
 Every measured step is logged through ``pl_module.log`` (``noise/G``, ``noise/N``,
 ``noise/N_over_G``, ``noise/B_star``, ``noise/B_simple``: the last three from the EMA) and to
 ``<log_dir>/noise.csv`` / ``.jsonl`` (default ``<trainer.log_dir>/noise``), TensorBoard when
-installed.
+installed. The per-step G is unbiased, so it can be negative when the true G is small against
+the noise (early steps, small batches); the three EMA values are NaN while the EMA of G is ≤ 0
+(B* and B_simple also while that of N is < 0).
 """
 
 from __future__ import annotations
