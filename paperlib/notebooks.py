@@ -117,12 +117,13 @@ FIGURES: tuple[Figure, ...] = (
            note="cpu: ResNet-8 (the same post-activation recipe, 16/32/64 channels), two seeds "
                 "(the claims' seed noise needs two)"),
     Figure("figA-lsr-4x-bn", "fig3_lsr", "App. F: LSR on PreResNet-32 4x BN",
-           params={"WIDTH": 4.0, "NORM": "bn", "SEEDS": [0]}, scaled={},
+           params={"WIDTH": 4.0, "NORM": "bn", "SEEDS": [0]}, scaled={"SEEDS": [0, 1]},
            note="cpu: Fig 3's cpu sweep on the BN convnet at width 4 (2× Fig 3's cpu width; "
-                "width 8 would cost ≈ 3 core-hours per seed), one seed: 37.2 min on 2 cores "
-                "shared with a CI run (measured 2026-11-30). Its Thm 5.6 row is inconclusive "
-                "(0.98, 95 % interval [0.92, 1.08]: B = 1024 fails against B* = 519, as on "
-                "fig3b's BN net), so a second seed is due"),
+                "width 8 would cost ≈ 3 core-hours per seed), two seeds: 37.2 + 24.2 min on 2 "
+                "cores shared with other work (measured 2026-11-30). Its Thm 5.6 row stays "
+                "inconclusive with two (0.99, 95 % interval [0.00, 1.08]; one seed: 0.98 "
+                "[0.92, 1.08]): B = 1024 fails against B* = 517, a factor 1.98, on the "
+                "factor-2 line that more seeds would narrow around but not move off"),
     Figure("figA-lsr-4x-gn", "fig3_lsr", "App. F: LSR on PreResNet-32 4x GN",
            params={"WIDTH": 4.0, "NORM": "gn", "SEEDS": [0]}, scaled={"SEEDS": [0, 1]},
            note="cpu: Fig 3's cpu sweep on the GN convnet at width 4 (2× Fig 3's cpu width; "
