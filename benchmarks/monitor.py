@@ -83,6 +83,19 @@ def in_groups(step, m: int):
     return steps
 
 
+def every_times(watched, plain, x, y, k: int, B: int, device: torch.device,
+                timing: dict) -> tuple[dict[str, list[float]], int]:
+    """(times of ``watched`` under ``NoiseMonitor(every=EVERY)`` ("on") and of ``plain``
+    ("off"), each timed call EVERY steps (:func:`in_groups`); steps the monitor measured)."""
+    mon = NoiseMonitor(watched, batch_size=B, sampling=Sampling.shuffled(POPULATION),
+                       every=EVERY)
+    times = interleaved({"on": in_groups(accumulation_stepper(watched, x, y, k, mon), EVERY),
+                         "off": in_groups(accumulation_stepper(plain, x, y, k), EVERY)},
+                        device, **timing)
+    mon.remove()
+    return times, mon.measured
+
+
 def own_cost(model, B: int, k: int, device: torch.device, repeats: int) -> tuple[float, float]:
     """(µs per step of the monitor's hooks, µs of ``mon.step()``) on ``model``'s parameters.
 
@@ -138,21 +151,15 @@ def _ddp_worker(rank: int, world: int, init: str, out: str, size: tuple, timing:
                          "twin": accumulation_stepper(twin, x, y, 1)},
                         torch.device("cpu"), **timing)
     sparse = DDP(copy.deepcopy(model))
-    mon_every = NoiseMonitor(sparse, batch_size=B, sampling=Sampling.shuffled(POPULATION),
-                             every=EVERY)
-    every = interleaved({"on": in_groups(accumulation_stepper(sparse, x, y, 1, mon_every), EVERY),
-                         "off": in_groups(accumulation_stepper(plain, x, y, 1), EVERY)},
-                        torch.device("cpu"), **timing)
+    every, measured = every_times(sparse, plain, x, y, 1, B, torch.device("cpu"), timing)
     if rank == 0:
-        Path(out).write_text(json.dumps({"step": times, "every": every,
-                                         "measured": mon_every.measured}))
+        Path(out).write_text(json.dumps({"step": times, "every": every, "measured": measured}))
     # Tear down in order: the DDP reducers (and the monitor's comm hook) before their process
     # group, and that group only once both ranks are done with it; a rank that left its
     # reducers to interpreter exit after the other rank had gone aborted once in a CI run
     # ("terminate called without an active exception", SIGABRT).
     mon.remove()
-    mon_every.remove()
-    del plain, twin, watched, sparse, mon, mon_every, times, every
+    del plain, twin, watched, sparse, mon, times, every
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()
@@ -181,17 +188,12 @@ def rows(b) -> list[Row]:
     result.append(overhead_row(GROUP, "null: the same plain step / an identical copy of it "
                                "(what the harness resolves)", setting + f" k={k}", times, "twin",
                                "off", None))
-    sparse, plain_every = copy.deepcopy(base), copy.deepcopy(base)
-    mon_every = NoiseMonitor(sparse, batch_size=B, sampling=Sampling.shuffled(POPULATION),
-                             every=EVERY)
-    every = interleaved({"on": in_groups(accumulation_stepper(sparse, x, y, k, mon_every), EVERY),
-                         "off": in_groups(accumulation_stepper(plain_every, x, y, k), EVERY)},
-                        b.device, **many)
-    mon_every.remove()
+    every, measured = every_times(copy.deepcopy(base), copy.deepcopy(base), x, y, k, B,
+                                  b.device, many)
     result.append(overhead_row(GROUP, f"NoiseMonitor(every={EVERY}), accumulation (k={k}): "
                                "overhead", setting + f" k={k}", every, "on", "off", TARGET_PCT,
-                               f"{mon_every.measured} steps measured, 1 in {EVERY}; timed in "
-                               f"groups of {EVERY} steps"))
+                               f"{measured} steps measured, 1 in {EVERY}; timed in groups of "
+                               f"{EVERY} steps"))
     repeats = 20 * p.repeats
     hooks_us, step_us = own_cost(base, B, k, b.device, repeats)
     calls = k * len(trained_parameters(base))

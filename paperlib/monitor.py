@@ -272,8 +272,8 @@ class NoiseMonitor:
                 size, or one process with fewer than 2 micro-batches.
         """
         self.step_count += 1
-        if self.source != "step_stats" and self.every > 1:
-            # the hooks are attached for exactly the measured steps' backward passes
+        if self.every > 1:  # (1 for step_stats) the hooks are attached for exactly the
+            # measured steps' backward passes
             measured = (self.step_count - 1) % self.every == 0
             if measured:
                 self._taps.remove()
