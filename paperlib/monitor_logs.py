@@ -1,6 +1,8 @@
 """The files :class:`paperlib.NoiseMonitor` writes: one row per measured step (``LOG_COLUMNS``) to
 ``<name>.csv`` and ``<name>.jsonl``, and TensorBoard scalars when the package is installed. The
-CSV is what ``python -m paperlib predict-lsr`` reads."""
+CSV is what ``python -m paperlib predict-lsr`` reads. A new monitor on the same ``log_dir``
+replaces the earlier run's logs: the CSV and JSONL are rewritten, and TensorBoard, which cannot
+rewrite an events file, is told to hide the earlier ones (``purge_step=0``)."""
 
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ class NoiseLogs:
                     raise ImportError("tensorboard=True needs the tensorboard package: pip "
                                       "install 'paperlib[monitor]'") from e
             else:
-                self.tb = SummaryWriter(str(log_dir))
+                # Every earlier event in log_dir is hidden (purged from step 0), as the CSV is
+                # overwritten; otherwise each rerun's curve would pile onto the last in one run.
+                self.tb = SummaryWriter(str(log_dir), purge_step=0)
 
     def write(self, row: dict) -> None:
         self._csv.writerow(row)
