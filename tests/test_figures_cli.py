@@ -81,15 +81,15 @@ def test_a_fresh_store_trains_everything_and_leaves_committed_files_alone(fresh)
     r = fresh["run"]
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    assert "16 runs: 0 stored, 16 to train" in out
-    assert "estimated wall time on this machine" in out and "[16/16] complete" in out
-    assert "16 result(s) computed, 0 loaded from the store" in out
-    assert len(list((fresh["store"] / "runs").iterdir())) == 16
+    assert "32 runs: 0 stored, 32 to train" in out
+    assert "estimated wall time on this machine" in out and "[32/32] complete" in out
+    assert "32 result(s) computed, 0 loaded from the store" in out
+    assert len(list((fresh["store"] / "runs").iterdir())) == 32
     for name in ("notebooks/fig4_svag.ipynb", "figures/fig4.png", "figures/fig4.claims.csv"):
         assert (BUILD / name).is_file(), name
     assert committed_files() == fresh["before"]
     timings = json.loads((BUILD / "figures" / "timings.json").read_text())["smoke"]["fig4"]
-    assert timings["results_computed"] == 16 and timings["wall_s_with_training"] > 0
+    assert timings["results_computed"] == 32 and timings["wall_s_with_training"] > 0
 
 
 def test_a_recomputed_result_is_reported_and_counted(fresh):
@@ -101,10 +101,10 @@ def test_a_recomputed_result_is_reported_and_counted(fresh):
     r = figures("--preset", "smoke", "--only", "fig4", "--store", str(fresh["store"]))
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    assert "16 runs: 15 stored, 1 to train, of which 1 recomputed" in out
+    assert "32 runs: 31 stored, 1 to train, of which 1 recomputed" in out
     assert f"recomputing {victim.name}" in out
     assert "history.csv does not match the checksum in its manifest" in out
-    assert "1 result(s) computed, 15 loaded from the store" in out
+    assert "1 result(s) computed, 31 loaded from the store" in out
     assert "not recorded as a from-scratch time" in out
     assert (BUILD / "figures" / "timings.json").read_bytes() == timings
 
@@ -116,7 +116,7 @@ def test_stored_figures_replot_in_parallel_and_the_others_train_after(fresh):
                 str(fresh["store"]))
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    assert "=== fig4: " in out and "re-plotted from 16 stored result(s) ===" in out
+    assert "=== fig4: " in out and "re-plotted from 32 stored result(s) ===" in out
     assert "=== figA-sampling: results not in the store; it runs after the re-plots ===" in out
     assert re.search(r"=== figA-sampling: \d+ s; \d+ result\(s\) computed, 0 loaded", out)
     assert re.search(r"2 figure\(s\) in \d+ s: 1 re-plotted from the store \(\d at a time\), "
