@@ -136,8 +136,8 @@ class NoiseMonitor:
             (consecutive steps are correlated); fewer than 2 steps per block: over single steps.
         ema: EMA decay β in [0, 1), bias-corrected by 1 − β^t.
         log_dir: write ``<name>.csv`` and ``<name>.jsonl`` there (rank 0 only under DDP), and
-            TensorBoard events when ``tensorboard`` is installed; an earlier run's logs in the
-            same folder are replaced (TensorBoard: hidden from step 0 on).
+            TensorBoard events when ``tensorboard`` is installed; an earlier monitor's logs of
+            the same ``name`` in that folder are replaced (its events files deleted).
         tensorboard: None: when installed; True: required; False: never.
         every: measure every ``every``-th optimizer step (steps 1, 1 + every, ...); between
             them the parameter hooks are detached, so an unmeasured step costs one counter

@@ -1,8 +1,9 @@
 """The files :class:`paperlib.NoiseMonitor` writes: one row per measured step (``LOG_COLUMNS``) to
 ``<name>.csv`` and ``<name>.jsonl``, and TensorBoard scalars when the package is installed. The
 CSV is what ``python -m paperlib predict-lsr`` reads. A new monitor on the same ``log_dir``
-replaces the earlier run's logs: the CSV and JSONL are rewritten, and TensorBoard, which cannot
-rewrite an events file, is told to hide the earlier ones (``purge_step=0``)."""
+replaces the earlier run's logs: the CSV and JSONL are rewritten, and the TensorBoard events files
+an earlier monitor of the same ``name`` wrote there (``events.out.tfevents.*.<name>``) are
+deleted; other events files in the folder are left alone."""
 
 from __future__ import annotations
 
@@ -38,9 +39,12 @@ class NoiseLogs:
                     raise ImportError("tensorboard=True needs the tensorboard package: pip "
                                       "install 'paperlib[monitor]'") from e
             else:
-                # Every earlier event in log_dir is hidden (purged from step 0), as the CSV is
-                # overwritten; otherwise each rerun's curve would pile onto the last in one run.
-                self.tb = SummaryWriter(str(log_dir), purge_step=0)
+                # An earlier monitor's events go, as its CSV is overwritten: otherwise each
+                # rerun's curve piles onto the last in one run. (purge_step would hide them from
+                # TensorBoard's legacy loader only; the default fast loader ignores it.)
+                for old in log_dir.glob(f"events.out.tfevents.*.{name}"):
+                    old.unlink()
+                self.tb = SummaryWriter(str(log_dir), filename_suffix=f".{name}")
 
     def write(self, row: dict) -> None:
         self._csv.writerow(row)
