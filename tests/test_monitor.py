@@ -627,6 +627,7 @@ def test_rerun_into_same_log_dir_replaces_the_logs(tmp_path):
     assert len(list(tmp_path.glob("events.out.tfevents.*.noise"))) == 1 and foreign.exists()
     foreign.unlink()
     assert len((tmp_path / "noise.csv").read_text().splitlines()) == 1 + len(second)
+    assert len((tmp_path / "noise.jsonl").read_text().splitlines()) == len(second)
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     shown = [(e.step, e.value) for e in acc.Scalars("noise/G")]
