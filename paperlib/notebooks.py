@@ -72,7 +72,12 @@ MAIN_IDS = ("fig1", "fig3", "fig4", "figA-sampling", "theory-sde", "theory-noise
             "monitor-mlp")  # in place
 
 FIGURES: tuple[Figure, ...] = (
-    Figure("fig1", "fig1", "Fig 1: SGD vs NGD vs GD"),
+    Figure("fig1", "fig1", "Fig 1: SGD vs NGD vs GD", scaled={"SEEDS": [0, 1, 2, 3, 4]},
+           note="cpu: five seeds. With three, 'NGD matches SGD' (1.12, 95 % interval "
+                "[0.13, 2.26], against ≤ 2) and 'noise helps' (3.92 [2.77, 5.03], against ≥ 3) "
+                "were inconclusive. Seeds 3 and 4 add two GD and two NGD runs (≈ 4 min each on 2 "
+                "idle cores); with five seeds the figure takes 23.1 min from scratch (measured "
+                "2026-12-01)"),
     Figure("fig3", "fig3_lsr", "Fig 3: predicting the failure of the LSR"),
     Figure("fig3b", "fig3_lsr", "Fig 3, second panel: PreResNet-32 GN",
            params={"NORM": "gn"}, scaled={"NORM": "bn", "SEEDS": [0, 1]},
@@ -113,7 +118,8 @@ FIGURES: tuple[Figure, ...] = (
            scaled={"WIDTH": 2.0, "SEEDS": [0, 1]},
            note="cpu: the convnet at width 2 (2× Fig 1's), two seeds (with one, no row has a "
                 "seed spread, so every accuracy row is inconclusive); each full-data GD / NGD "
-                "run is ≈ 13-14 min with both cores busy"),
+                "run is ≈ 8 min on 2 idle cores, the panel 17.0 min from scratch (measured "
+                "2026-12-01)"),
     # --- further LSR verification (App. F): Fig 3's sweep on other nets -------------------
     Figure("figA-lsr-resnet32", "fig3_lsr", "App. F: LSR on ResNet-32 BN (not scale-invariant)",
            params={"ARCH": "resnet32", "NORM": "bn", "SEEDS": [0]},
@@ -150,8 +156,8 @@ FIGURES: tuple[Figure, ...] = (
                    "LS": PAPER_LS},
            scaled={"WIDTH": 0.25, "PANELS": [[16, 0.05]], "LS": CPU_LS},
            note="cpu: VGG-16 BN at quarter width (all 13 conv layers) on the Fig 4 cpu data "
-                "(8×8, n = 2000), the small-batch panel B = 16, one seed, at η = 0.05: 33.1 min "
-                "on 2 cores shared with other work (measured 2026-11-30). Not the Fig 4 cpu "
+                "(8×8, n = 2000), the small-batch panel B = 16, one seed, at η = 0.05: 21.5 min "
+                "from scratch on 2 idle cores (measured 2026-12-01). Not the Fig 4 cpu "
                 "panel's η = 0.4, at which this net barely learns (final test accuracy 16–21 %, "
                 "its l = 4 and l = 8 runs 4.6 points apart); l = 1 runs ended at 25.1 % "
                 "(η = 0.2), 38.8 % (0.1) and 41.6 % (0.05), so the panel takes 0.05"),
