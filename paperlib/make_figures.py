@@ -76,6 +76,7 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None,
     t_start = time.time()
     replotted = replot_stored(figures, params, root)
     times, pending = {}, {}
+    n_computed = 0  # results the one-at-a-time notebooks computed (trained or derived)
     for f in figures:
         if f.id in replotted:
             times[f.id], stored = replotted[f.id]
@@ -94,6 +95,7 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None,
             print(f"=== {f.id}: runs pending in cluster jobs; not plotted ===", flush=True)
             continue
         times[f.id] = time.time() - t0
+        n_computed += len(computed)
         print(f"=== {f.id}: {times[f.id]:.0f} s; {len(computed)} result(s) computed, "
               f"{len(stored)} loaded from the store ===", flush=True)
         record_timing(f.id, preset, times[f.id], len(computed), len(stored),
@@ -101,8 +103,8 @@ def execute_all(preset: str = "cpu", only: list[str] | None = None,
                       train_s=stored_training_seconds(stored | computed, preset))
     print(f"\n{len(times) + len(pending)} figure(s) in {time.time() - t_start:.0f} s: "
           f"{len(replotted)} re-plotted from the store ({REPLOT_PARALLEL} at a time), "
-          f"{len(times) + len(pending) - len(replotted)} one at a time (training what was "
-          "missing)", flush=True)
+          f"{len(times) + len(pending) - len(replotted)} one at a time ({n_computed} result(s) "
+          "computed)", flush=True)
     if committed and not pending:
         sync_readme()
     if pending:

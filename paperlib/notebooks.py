@@ -75,9 +75,9 @@ FIGURES: tuple[Figure, ...] = (
     Figure("fig1", "fig1", "Fig 1: SGD vs NGD vs GD", scaled={"SEEDS": [0, 1, 2, 3, 4]},
            note="cpu: five seeds. With three, 'NGD matches SGD' (1.12, 95 % interval "
                 "[0.13, 2.26], against ≤ 2) and 'noise helps' (3.92 [2.77, 5.03], against ≥ 3) "
-                "were inconclusive. Seeds 3 and 4 add two GD and two NGD runs (≈ 4 min each on 2 "
-                "idle cores); with five seeds the figure takes 23.1 min from scratch (measured "
-                "2026-12-01)"),
+                "were inconclusive. Seeds 3 and 4 add two SGD runs (≈ 16 s) and two GD and two "
+                "NGD runs (≈ 4 min each on 2 idle cores); with five seeds the figure takes "
+                "23.1 min from scratch (measured 2026-12-01)"),
     Figure("fig3", "fig3_lsr", "Fig 3: predicting the failure of the LSR"),
     Figure("fig3b", "fig3_lsr", "Fig 3, second panel: PreResNet-32 GN",
            params={"NORM": "gn"}, scaled={"NORM": "bn", "SEEDS": [0, 1]},
