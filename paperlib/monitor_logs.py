@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 __all__ = ["LOG_COLUMNS", "NoiseLogs"]
@@ -17,6 +18,15 @@ __all__ = ["LOG_COLUMNS", "NoiseLogs"]
 LOG_COLUMNS = ("step", "effective_step", "lr", "batch_size", "sources", "G", "N", "grad_sq",
                "sum_sq", "ema_G", "ema_N", "ema_N_over_G", "ema_B_star", "ema_B_simple",
                "skipped")
+
+
+def _own_events_files(log_dir: Path, name: str) -> list[Path]:
+    """The events files a monitor called ``name`` wrote in ``log_dir``: SummaryWriter names them
+    ``events.out.tfevents.<time>.<host>.<pid>.<n><suffix>``, with our suffix ``.<name>``. Matched
+    in full, so that the monitor "noise" leaves alone those of a monitor "x.noise" (whose
+    ``...<pid>.<n>.x.noise`` a plain ``*.noise`` glob would also match)."""
+    own = re.compile(r"events\.out\.tfevents\.\d+\..+\.\d+\.\d+" + re.escape(f".{name}"))
+    return [p for p in log_dir.iterdir() if p.is_file() and own.fullmatch(p.name)]
 
 
 class NoiseLogs:
@@ -42,7 +52,7 @@ class NoiseLogs:
                 # An earlier monitor's events go, as its CSV is overwritten: otherwise each
                 # rerun's curve piles onto the last in one run. (purge_step would hide them from
                 # TensorBoard's legacy loader only; the default fast loader ignores it.)
-                for old in log_dir.glob(f"events.out.tfevents.*.{name}"):
+                for old in _own_events_files(log_dir, name):
                     old.unlink()
                 self.tb = SummaryWriter(str(log_dir), filename_suffix=f".{name}")
 

@@ -632,3 +632,17 @@ def test_rerun_into_same_log_dir_replaces_the_logs(tmp_path):
     acc.Reload()
     shown = [(e.step, e.value) for e in acc.Scalars("noise/G")]
     assert shown == [(i + 1, pytest.approx(g)) for i, (g, _) in enumerate(second)]
+
+
+def test_rerun_leaves_another_monitors_events_files_alone(tmp_path):
+    """A monitor named "noise" replaces only its own events files: not those of a monitor named
+    "x.noise" in the same folder, which end in ".noise" too."""
+    pytest.importorskip("tensorboard")
+    _fed([(1.0, 10.0)] * 3, log_dir=tmp_path, tensorboard=True, name="x.noise").remove()
+    other = list(tmp_path.glob("events.out.tfevents.*.x.noise"))
+    assert len(other) == 1
+    for _ in range(2):
+        _fed([(1.0, 10.0)] * 3, log_dir=tmp_path, tensorboard=True).remove()
+    assert other[0].exists()
+    own = [p for p in tmp_path.glob("events.out.tfevents.*") if p not in other]
+    assert len(own) == 1 and own[0].name.endswith(".noise")
