@@ -7,8 +7,12 @@ Each row is a paired ratio measured in this run (``harness.interleaved``, median
 * the monitor's own time per step on that net, hooks and ``mon.step()`` apart (:func:`own_cost`;
   CPU time on the CPU, which a busy machine inflates less than the ratio's wall time), and its
   share of the step without the monitor;
-* DDP: a 2-rank gloo step on the CPU with the monitor's communication hook and its scalar
-  all-reduce / the same DDP step with DDP's default all-reduce (two processes, one thread each);
+* DDP: a 2-rank gloo step on the CPU with the monitor's communication hook (which also carries the
+  ranks' two scalars in the last bucket's all-reduce) / the same DDP step with DDP's default
+  all-reduce (two processes, one thread each);
+* the every-step accumulation and DDP rows again at CIFAR-10's native 32×32 (``NATIVE``): the
+  same net, B and k, so the same monitor work (per tensor and micro-batch, and per parameter)
+  against four times the compute of the 16×16 step;
 * both again with ``NoiseMonitor(every=EVERY)``, which measures one optimizer step in EVERY and
   detaches its hooks for the others; each timed call is EVERY steps, so that it holds one
   measured step wherever the count starts;
@@ -44,6 +48,11 @@ GROUP = "monitor"  # the rows' name in the table and in --only
 # (arch, norm, resolution, B, k): the cpu profile's PreResNet-8 of the online-nsr rows; quick: tiny.
 SIZES = {"cpu": ("preresnet8", "gn", 16, 128, 4), "gpu": ("preresnet32", "gn", 32, 128, 4),
          "quick": ("convnet", "gn", 8, 8, 2)}
+# The same nets at 32×32, the resolution of the data (the cpu profile's 16×16 shrinks the input,
+# not the parameters: the monitor's cost stays, the step's compute falls by 4×). Timed one step
+# per repeat, with as many repeats as the rows above time steps (a 16×16 repeat is 3 steps); none
+# for "gpu" (already 32×32).
+NATIVE = {"cpu": ("preresnet8", "gn", 32, 128, 4), "quick": ("convnet", "gn", 16, 8, 2)}
 POPULATION = 50_000
 OVERHEAD_REPEATS = 6  # × the profile's repeats for the ≤ 2 % rows (cpu: 90 pairs)
 TARGET_PCT = 2.0
@@ -136,7 +145,8 @@ def own_cost(model, B: int, k: int, device: torch.device, repeats: int) -> tuple
     return 1e6 * statistics.median(hooks), 1e6 * statistics.median(steps)
 
 
-def _ddp_worker(rank: int, world: int, init: str, out: str, size: tuple, timing: dict) -> None:
+def _ddp_worker(rank: int, world: int, init: str, out: str, size: tuple, timing: dict,
+                with_every: bool = True) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -150,8 +160,9 @@ def _ddp_worker(rank: int, world: int, init: str, out: str, size: tuple, timing:
                          "off": accumulation_stepper(plain, x, y, 1),
                          "twin": accumulation_stepper(twin, x, y, 1)},
                         torch.device("cpu"), **timing)
-    sparse = DDP(copy.deepcopy(model))
-    every, measured = every_times(sparse, plain, x, y, 1, B, torch.device("cpu"), timing)
+    sparse = DDP(copy.deepcopy(model)) if with_every else None
+    every, measured = (every_times(sparse, plain, x, y, 1, B, torch.device("cpu"), timing)
+                       if with_every else (None, 0))
     if rank == 0:
         Path(out).write_text(json.dumps({"step": times, "every": every, "measured": measured}))
     # Tear down in order: the DDP reducers (and the monitor's comm hook) before their process
@@ -165,6 +176,30 @@ def _ddp_worker(rank: int, world: int, init: str, out: str, size: tuple, timing:
     dist.destroy_process_group()
 
 
+def accumulation_times(base, x, y, k: int, B: int, device: torch.device,
+                       timing: dict) -> tuple[dict[str, list[float]], int]:
+    """(times of the accumulation step with the monitor ("on"), without ("off") and of an
+    identical copy without ("twin", the null), interleaved; steps the monitor measured)."""
+    watched, plain, twin = (copy.deepcopy(base) for _ in range(3))
+    mon = NoiseMonitor(watched, batch_size=B, sampling=Sampling.shuffled(POPULATION))
+    times = interleaved({"on": accumulation_stepper(watched, x, y, k, mon),
+                         "off": accumulation_stepper(plain, x, y, k),
+                         "twin": accumulation_stepper(twin, x, y, k)}, device, **timing)
+    mon.remove()
+    return times, mon.measured
+
+
+def ddp_times(size: tuple, timing: dict, with_every: bool) -> dict:
+    """The 2-rank gloo DDP timings of :func:`_ddp_worker` (rank 0's)."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "times.json"
+        mp.spawn(_ddp_worker, args=(2, str(Path(tmp) / "init"), str(out), size, timing,
+                                    with_every), nprocs=2, join=True)
+        return json.loads(out.read_text())
+
+
 def rows(b) -> list[Row]:
     """The monitor's rows for the Bench ``b`` (see the module docstring)."""
     p = b.profile
@@ -176,15 +211,10 @@ def rows(b) -> list[Row]:
     result = []
 
     base, x, y = _setup(arch, norm, r, B, b.device)
-    watched, plain, twin = (copy.deepcopy(base) for _ in range(3))
-    mon = NoiseMonitor(watched, batch_size=B, sampling=Sampling.shuffled(POPULATION))
-    times = interleaved({"on": accumulation_stepper(watched, x, y, k, mon),
-                         "off": accumulation_stepper(plain, x, y, k),
-                         "twin": accumulation_stepper(twin, x, y, k)}, b.device, **many)
-    mon.remove()
+    times, measured = accumulation_times(base, x, y, k, B, b.device, many)
     result.append(overhead_row(GROUP, f"NoiseMonitor, accumulation (k={k} micro-batches): "
                                "overhead", setting + f" k={k}", times, "on", "off", TARGET_PCT,
-                               f"{mon.measured} steps measured"))
+                               f"{measured} steps measured"))
     result.append(overhead_row(GROUP, "null: the same plain step / an identical copy of it "
                                "(what the harness resolves)", setting + f" k={k}", times, "twin",
                                "off", None))
@@ -205,17 +235,29 @@ def rows(b) -> list[Row]:
                       f"medians over {repeats}); {share:.2f} % of the accumulation row's step "
                       "without the monitor"))
 
-    if b.device.type == "cpu":
-        import torch.multiprocessing as mp
+    native = NATIVE.get(key)
+    # one step per repeat and the repeats × steps: as many timed steps per side as the rows above
+    one_step = dict(many, steps=1, repeats=many["repeats"] * many["steps"])
+    if native is not None:
+        n_arch, n_norm, n_r, n_B, n_k = native
+        n_setting = net_label(n_arch, n_norm, n_r, n_B) + f" k={n_k}"
+        same = (f"the net, B and k of the {r}x{r} rows at {(n_r // r) ** 2}x the pixels"
+                + ("; CIFAR-10's own resolution" if n_r == 32 else ""))
+        n_base, n_x, n_y = _setup(n_arch, n_norm, n_r, n_B, b.device)
+        n_times, n_measured = accumulation_times(n_base, n_x, n_y, n_k, n_B, b.device, one_step)
+        result.append(overhead_row(GROUP, f"NoiseMonitor, accumulation (k={n_k}), inputs at "
+                                   f"{n_r}x{n_r}: overhead", n_setting, n_times, "on", "off",
+                                   TARGET_PCT, f"{n_measured} steps measured; {same}"))
+        result.append(overhead_row(GROUP, f"null at {n_r}x{n_r}: the same plain step / an "
+                                   "identical copy of it", n_setting, n_times, "twin", "off",
+                                   None))
 
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "times.json"
-            mp.spawn(_ddp_worker, args=(2, str(Path(tmp) / "init"), str(out),
-                                        (arch, norm, r, B, k), many), nprocs=2, join=True)
-            got = json.loads(out.read_text())
-        result.append(overhead_row(GROUP, "NoiseMonitor, 2-rank DDP (gloo, comm hook + 2-scalar "
-                                   "all-reduce): overhead", setting + " (B/2 per rank)",
-                                   got["step"], "on", "off", TARGET_PCT, "one thread per rank"))
+    if b.device.type == "cpu":
+        got = ddp_times((arch, norm, r, B, k), many, with_every=True)
+        result.append(overhead_row(GROUP, "NoiseMonitor, 2-rank DDP (gloo, comm hook; its 2 "
+                                   "scalars ride in the last bucket): overhead",
+                                   setting + " (B/2 per rank)", got["step"], "on", "off",
+                                   TARGET_PCT, "one thread per rank"))
         result.append(overhead_row(GROUP, "null, 2-rank DDP: the same plain DDP step / an "
                                    "identical copy of it", setting + " (B/2 per rank)",
                                    got["step"], "twin", "off", None))
@@ -223,6 +265,16 @@ def rows(b) -> list[Row]:
                                    setting + " (B/2 per rank)", got["every"], "on", "off",
                                    TARGET_PCT, f"{got['measured']} steps measured, 1 in "
                                    f"{EVERY}; timed in groups of {EVERY} steps"))
+        if native is not None:
+            n_setting = net_label(*native[:4]) + " (B/2 per rank)"
+            got = ddp_times(native, one_step, with_every=False)
+            result.append(overhead_row(GROUP, f"NoiseMonitor, 2-rank DDP, inputs at "
+                                       f"{native[2]}x{native[2]}: overhead", n_setting,
+                                       got["step"], "on", "off", TARGET_PCT,
+                                       f"one thread per rank; {same}"))
+            result.append(overhead_row(GROUP, f"null, 2-rank DDP at {native[2]}x{native[2]}: "
+                                       "the same plain DDP step / an identical copy of it",
+                                       n_setting, got["step"], "twin", "off", None))
     else:
         result.append(Row(GROUP, "NoiseMonitor, 2-rank DDP: overhead", setting, None, "%",
                           note="CPU profile only (gloo)"))

@@ -13,6 +13,9 @@ from .models import trained_parameters
 __all__ = ["GradientTaps"]
 
 
+# Bucket dtypes that carry the ranks' Σ_j |g_j|² and K through DDP's own all-reduce.
+CARRIERS = (torch.float32, torch.float64)
+
 # Largest model (elements) whose gradients are squared through a flat float64 copy on the CPU.
 STAGE_MAX = 1 << 24
 
@@ -72,6 +75,7 @@ class GradientTaps:
 
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
             self._mean_sq = self._zero.clone()
+            self._totals = None  # (Σ_j |g_j|² over all ranks, K) carried by the last bucket
             model.register_comm_hook(None, self._allreduce_hook)
 
     def _views_of(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -148,20 +152,48 @@ class GradientTaps:
         self._queue, self._queue_idx, self._queued = [], [], set()
 
     def _allreduce_hook(self, _state, bucket):
-        """DDP's default all-reduce (mean over ranks) that also adds |all-reduced bucket|²."""
+        """DDP's default all-reduce (mean over ranks) that also adds |all-reduced bucket|².
+
+        The last bucket of a measured backward also carries this rank's Σ_j |g_rj|² and its
+        number of micro-batches k_r: appended to the bucket, summed by the same all-reduce, so
+        the ranks' totals cost no collective of their own (on a CPU with gloo a separate
+        2-scalar all-reduce per step cost about as much as the rest of the monitor). They travel
+        in the bucket's dtype: exact for float64, a relative error below world·2⁻²⁴ for
+        float32, far below the sampling error of one step's estimate; half-precision buckets
+        (which could overflow or round them) leave them to a float64 all-reduce in
+        :meth:`norms`."""
         import torch.distributed as dist
 
         tensor = bucket.buffer()
         tensor.div_(self.world)
-        fut = dist.all_reduce(tensor, async_op=True).get_future()
+        measured = self.live and not self.paused
+        if not (measured and bucket.is_last() and tensor.dtype in CARRIERS):
+            fut = dist.all_reduce(tensor, async_op=True).get_future()
 
-        def done(f):
+            def done(f):
+                out = f.value()[0]
+                if measured:
+                    self._mean_sq += torch.linalg.vector_norm(out, dtype=torch.float64).square()
+                return out
+
+            return fut.then(done)
+        # every tensor of this backward has been seen by now (its hook runs before it is
+        # accumulated and handed to a bucket); a backward that skipped unused tensors was not
+        # flushed by the hooks
+        self._flush()
+        parts = self._sum_sq_parts()
+        local = torch.stack(parts).sum() if parts else self._zero
+        extra = torch.stack([local, self._zero + max(self._counts)]).to(tensor.dtype)
+        fut = dist.all_reduce(torch.cat([tensor, extra]), async_op=True).get_future()
+
+        def done_last(f):
             out = f.value()[0]
-            if self.live and not self.paused:
-                self._mean_sq += torch.linalg.vector_norm(out, dtype=torch.float64).square()
-            return out
+            tensor.copy_(out[:-2])
+            self._totals = out[-2:].to(torch.float64)
+            self._mean_sq += torch.linalg.vector_norm(tensor, dtype=torch.float64).square()
+            return tensor
 
-        return fut.then(done)
+        return fut.then(done_last)
 
     def _local_sums(self) -> tuple[float, float]:
         """(Σ_j |g_j|², |Σ_j g_j|²) of this process's micro-batches (before any unscaling), with
@@ -181,11 +213,15 @@ class GradientTaps:
         whether the ranks ran different numbers of micro-batches)."""
         import torch.distributed as dist
 
-        parts = self._sum_sq_parts()
-        sum_sq = torch.stack(parts).sum() if parts else self._zero
-        t = torch.stack([sum_sq, self._zero + k_local])
-        dist.all_reduce(t)  # the only extra communication: two scalars
-        sum_sq, k_total = t.tolist()
+        if self._totals is not None:  # carried by the last bucket's all-reduce
+            sum_sq, k_total = self._totals.tolist()
+            self._totals = None
+        else:  # no all-reduce carried them (a half-precision bucket): two scalars of our own
+            parts = self._sum_sq_parts()
+            sum_sq = torch.stack(parts).sum() if parts else self._zero
+            t = torch.stack([sum_sq, self._zero + k_local])
+            dist.all_reduce(t)
+            sum_sq, k_total = t.tolist()
         k_total = int(round(k_total))
         mean_sq = float(self._mean_sq)
         self._mean_sq = self._zero.clone()

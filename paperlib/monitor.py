@@ -12,8 +12,9 @@ Where the gradient estimates come from (``source``):
   matter.
 * ``"ranks"`` (``DistributedDataParallel``): every micro-batch on every rank is a source. The
   same hook gives each rank's Σ_j |g_rj|²; a DDP communication hook (DDP's own all-reduce, plus
-  the norm of each all-reduced bucket) gives |ḡ|² of the global mean. Only two scalars per
-  step are all-reduced on top of DDP's gradient all-reduce.
+  the norm of each all-reduced bucket) gives |ḡ|² of the global mean. The ranks' Σ_j |g_rj|²
+  and micro-batch counts ride in DDP's all-reduce of the last bucket (two more elements): no
+  collective of the monitor's own, and no gradient communicated twice.
 * ``"step_stats"`` (one process, one micro-batch): no hooks; hand over the (G, N) that
   :func:`paperlib.sgd_step` measured (two half batches, or an extra batch for BatchNorm nets)
   with ``step(stats=...)``.

@@ -7,6 +7,7 @@ read with the wrong sampling scheme must be rejected.
 """
 
 import copy
+import gc
 import json
 import math
 import os
@@ -581,6 +582,82 @@ def test_ddp_no_sync_accumulation_equals_the_single_process_estimate(tmp_path):
             assert K == 4
             assert g_ddp == pytest.approx(g_one, rel=rel), name
             assert n_ddp == pytest.approx(n_one, rel=rel), name
+
+
+def _ddp_carry_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    """Per dtype: the same 3 DDP steps with the ranks' totals carried by the last bucket's
+    all-reduce (the default) and with a separate all-reduce (``CARRIERS`` emptied), counting the
+    all-reduce calls of each step."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import paperlib.grad_taps as taps
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    calls = [0]
+    all_reduce = dist.all_reduce
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return all_reduce(*args, **kwargs)
+
+    dist.all_reduce = counted
+    torch.manual_seed(0)
+    mlp = tanh_mlp(3, 8, 2)
+    x = torch.randn(3, 8, 3, generator=torch.Generator().manual_seed(rank))
+    y = torch.randint(0, 2, (3, 8), generator=torch.Generator().manual_seed(10 + rank))
+    res = {}
+    for dtype in (torch.float64, torch.float32, torch.float16):
+        for carry in (True, False):
+            model = DDP(copy.deepcopy(mlp).to(dtype))
+            mon = NoiseMonitor(model, batch_size=16, sampling=paperlib.Sampling.shuffled(1000))
+            rows = []
+            carriers = taps.CARRIERS
+            taps.CARRIERS = carriers if carry else ()
+            for s in range(3):
+                calls[0] = 0
+                torch.nn.functional.cross_entropy(model(x[s].to(dtype)), y[s]).backward()
+                row = mon.step(lr=0.0)
+                rows.append([calls[0], row["sum_sq"], row["grad_sq"], row["G"], row["N"]])
+                model.zero_grad()
+            taps.CARRIERS = carriers
+            res[f"{dtype}-{carry}"] = rows
+            mon.remove()
+            del model, mon
+            gc.collect()  # each DDP reducer goes while its process group is alive
+    dist.all_reduce = all_reduce
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(res, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_totals_ride_on_the_gradient_all_reduce(tmp_path):
+    """The ranks' Σ_j |g_j|² and K travel in DDP's own all-reduce (no collective of the
+    monitor's own per step) for float32 and float64 buckets, with the numbers of a separate
+    float64 all-reduce: exact for float64, to float32 rounding for float32. A float16 bucket,
+    which could round or overflow them, takes the separate all-reduce."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "carry.json"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_ddp_carry_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2,
+             join=True)
+    res = json.loads(out.read_text())
+    for dtype, calls, rel in (("torch.float64", 1, 1e-12), ("torch.float32", 1, 1e-6),
+                              ("torch.float16", 2, 0.0)):
+        carried, separate = res[f"{dtype}-True"], res[f"{dtype}-False"]
+        # all-reduce calls per step: the net's one gradient bucket (DDP's own, made by the
+        # monitor's communication hook), and the monitor's own one where nothing carried it
+        assert [r[0] for r in carried] == [calls] * 3, dtype
+        assert [r[0] for r in separate] == [2] * 3, dtype
+        for a, b in zip(carried, separate, strict=True):
+            assert all(math.isfinite(v) for v in a[1:]), dtype
+            assert a[1:] == pytest.approx(b[1:], rel=rel, abs=1e-30), dtype
 
 
 @pytest.mark.slow
