@@ -466,6 +466,28 @@ def test_bad_arguments():
 DDP_N, DDP_B, DDP_EPOCHS = 24, 6, 400
 
 
+def _run_ddp(worker, tmp_path) -> dict:
+    """Run ``worker(rank, 2, init_file, out)`` on 2 gloo processes; rank 0's JSON result."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ddp.json"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    return json.loads(out.read_text())
+
+
+def _report(rank: int, out: str, result: dict) -> None:
+    """Rank 0 writes the result; then both ranks leave the process group together (each DDP
+    reducer already gone, as in the bench)."""
+    import torch.distributed as dist
+
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(result, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -508,13 +530,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
                         (point_loss(ref(a[half])) / world).backward()
                     r1 = one.step(lr=0.0)
                     pairs.append([row["G"], r1["G"], row["N"], r1["N"]])
-    if rank == 0:
-        with open(out, "w") as f:
-            json.dump({"rows": mon.history, "pairs": pairs, "every": every, "G": G,
-                       "trace1": trace1}, f)
+    result = {"rows": mon.history, "pairs": pairs, "every": every, "G": G, "trace1": trace1}
     del model, mon, sparse, mon_every  # DDP reducers before their process group (as the bench)
-    dist.barrier()
-    dist.destroy_process_group()
+    _report(rank, out, result)
 
 
 def _ddp_no_sync_worker(rank: int, world: int, init_file: str, out: str) -> None:
@@ -557,11 +575,7 @@ def _ddp_no_sync_worker(rank: int, world: int, init_file: str, out: str) -> None
                 rows.append([row["sources"], row["G"], r1["G"], row["N"], r1["N"]])
         res[name] = rows
         del model, mon
-    if rank == 0:
-        with open(out, "w") as f:
-            json.dump(res, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    _report(rank, out, res)
 
 
 @pytest.mark.slow
@@ -569,13 +583,7 @@ def test_ddp_no_sync_accumulation_equals_the_single_process_estimate(tmp_path):
     """DDP with gradient accumulation (the first micro-batch of each rank inside no_sync()):
     4 sources per step, equal to one process accumulating the same 4 micro-batches, to float64
     rounding (Point) and to float32 rounding of the summation order (MLP)."""
-    import torch.multiprocessing as mp
-
-    out = tmp_path / "ddp.json"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_ddp_no_sync_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2,
-             join=True)
-    res = json.loads(out.read_text())
+    res = _run_ddp(_ddp_no_sync_worker, tmp_path)
     for name, rel in (("point", 1e-9), ("mlp", 1e-5)):
         assert len(res[name]) == 3
         for K, g_ddp, g_one, n_ddp, n_one in res[name]:
@@ -628,11 +636,7 @@ def _ddp_carry_worker(rank: int, world: int, init_file: str, out: str) -> None:
             del model, mon
             gc.collect()  # each DDP reducer goes while its process group is alive
     dist.all_reduce = all_reduce
-    if rank == 0:
-        with open(out, "w") as f:
-            json.dump(res, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    _report(rank, out, res)
 
 
 @pytest.mark.slow
@@ -641,13 +645,7 @@ def test_ddp_ranks_totals_ride_on_the_gradient_all_reduce(tmp_path):
     monitor's own per step) for float32 and float64 buckets, with the numbers of a separate
     float64 all-reduce: exact for float64, to float32 rounding for float32. A float16 bucket,
     which could round or overflow them, takes the separate all-reduce."""
-    import torch.multiprocessing as mp
-
-    out = tmp_path / "carry.json"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_ddp_carry_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2,
-             join=True)
-    res = json.loads(out.read_text())
+    res = _run_ddp(_ddp_carry_worker, tmp_path)
     for dtype, calls, rel in (("torch.float64", 1, 1e-12), ("torch.float32", 1, 1e-6),
                               ("torch.float16", 2, 0.0)):
         carried, separate = res[f"{dtype}-True"], res[f"{dtype}-False"]
@@ -662,12 +660,7 @@ def test_ddp_ranks_totals_ride_on_the_gradient_all_reduce(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_ranks_equal_the_single_process_estimate_and_are_unbiased(tmp_path):
-    import torch.multiprocessing as mp
-
-    out = tmp_path / "ddp.json"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
-    res = json.loads(out.read_text())
+    res = _run_ddp(_ddp_worker, tmp_path)
     for g_ddp, g_one, n_ddp, n_one in res["pairs"]:  # float64 throughout; other summation order
         assert g_ddp == pytest.approx(g_one, rel=1e-9, abs=1e-12)
         assert n_ddp == pytest.approx(n_one, rel=1e-9)
