@@ -74,7 +74,7 @@ class GradientTaps:
             import torch.distributed as dist
 
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
-            self._mean_sq = self._zero.clone()
+            self._bucket_sq: dict[int, torch.Tensor] = {}  # |all-reduced bucket|² per bucket
             self._totals = None  # (Σ_j |g_j|² over all ranks, K) carried by the last bucket
             model.register_comm_hook(None, self._allreduce_hook)
 
@@ -152,48 +152,55 @@ class GradientTaps:
         self._queue, self._queue_idx, self._queued = [], [], set()
 
     def _allreduce_hook(self, _state, bucket):
-        """DDP's default all-reduce (mean over ranks) that also adds |all-reduced bucket|².
+        """DDP's default all-reduce (mean over ranks) that also keeps |all-reduced bucket|².
 
-        The last bucket of a measured backward also carries this rank's Σ_j |g_rj|² and its
-        number of micro-batches k_r: appended to the bucket, summed by the same all-reduce, so
-        the ranks' totals cost no collective of their own (on a CPU with gloo a separate
-        2-scalar all-reduce per step cost about as much as the rest of the monitor). They travel
-        in the bucket's dtype: exact for float64, a relative error below world·2⁻²⁴ for
-        float32, far below the sampling error of one step's estimate; half-precision buckets
-        (which could overflow or round them) leave them to a float64 all-reduce in
-        :meth:`norms`."""
+        The last bucket also carries this rank's Σ_j |g_rj|² and its number of micro-batches
+        k_r: appended to the bucket, summed by the same all-reduce, so the ranks' totals cost no
+        collective of their own (on a CPU with gloo a separate 2-scalar all-reduce per step cost
+        about as much as the rest of the monitor); the price is two copies of that bucket (on
+        one CPU thread ≈ 0.1 ms per MB; DDP's buckets hold up to 25 MB). They are appended on
+        every step, zeros where this rank does not measure (``every``, :meth:`remove`,
+        ``paused``), so that the ranks' all-reduces have the same size whatever their monitors'
+        states. They travel in the bucket's dtype: exact for float64, a relative error below
+        about world·2⁻²⁴ for float32, far below the sampling error of one step's estimate;
+        half-precision buckets (which could overflow or round them) leave them to a float64
+        all-reduce in :meth:`norms`."""
         import torch.distributed as dist
 
         tensor = bucket.buffer()
         tensor.div_(self.world)
         measured = self.live and not self.paused
-        if not (measured and bucket.is_last() and tensor.dtype in CARRIERS):
-            fut = dist.all_reduce(tensor, async_op=True).get_future()
+        index = bucket.index()
+        carry = bucket.is_last() and tensor.dtype in CARRIERS
+        payload = tensor
+        if carry:
+            extra = self._zero.new_zeros(2)
+            if measured:
+                # every tensor of this backward has been seen by now (its hook runs before it
+                # is accumulated and handed to a bucket); a backward that skipped unused
+                # tensors was not flushed by the hooks
+                self._flush()
+                parts = self._sum_sq_parts()
+                local = torch.stack(parts).sum() if parts else self._zero
+                extra = torch.stack([local, self._zero + max(self._counts)])
+            payload = torch.cat([tensor, extra.to(tensor.dtype)])
+        fut = dist.all_reduce(payload, async_op=True).get_future()
 
-            def done(f):
-                out = f.value()[0]
-                if measured:
-                    self._mean_sq += torch.linalg.vector_norm(out, dtype=torch.float64).square()
-                return out
-
-            return fut.then(done)
-        # every tensor of this backward has been seen by now (its hook runs before it is
-        # accumulated and handed to a bucket); a backward that skipped unused tensors was not
-        # flushed by the hooks
-        self._flush()
-        parts = self._sum_sq_parts()
-        local = torch.stack(parts).sum() if parts else self._zero
-        extra = torch.stack([local, self._zero + max(self._counts)]).to(tensor.dtype)
-        fut = dist.all_reduce(torch.cat([tensor, extra]), async_op=True).get_future()
-
-        def done_last(f):
+        def done(f):
             out = f.value()[0]
-            tensor.copy_(out[:-2])
-            self._totals = out[-2:].to(torch.float64)
-            self._mean_sq += torch.linalg.vector_norm(tensor, dtype=torch.float64).square()
+            if carry:
+                tensor.copy_(out[:-2])
+                if measured:
+                    self._totals = out[-2:].to(torch.float64)
+            if measured:
+                # Kept per bucket, the latest: with several synchronized backward passes in one
+                # step (micro-batches not inside no_sync()), DDP all-reduces the accumulated
+                # .grad each time, so the last all-reduce holds the step's mean gradient.
+                self._bucket_sq[index] = torch.linalg.vector_norm(
+                    tensor, dtype=torch.float64).square()
             return tensor
 
-        return fut.then(done_last)
+        return fut.then(done)
 
     def _local_sums(self) -> tuple[float, float]:
         """(Σ_j |g_j|², |Σ_j g_j|²) of this process's micro-batches (before any unscaling), with
@@ -223,8 +230,9 @@ class GradientTaps:
             dist.all_reduce(t)
             sum_sq, k_total = t.tolist()
         k_total = int(round(k_total))
-        mean_sq = float(self._mean_sq)
-        self._mean_sq = self._zero.clone()
+        mean_sq = float(torch.stack(list(self._bucket_sq.values())).sum()) if self._bucket_sq \
+            else 0.0
+        self._bucket_sq = {}
         return sum_sq, mean_sq, k_total, k_total != k_local * self.world
 
     def norms(self, scale: float) -> tuple[float, float, int, str | None]:
@@ -256,8 +264,8 @@ class GradientTaps:
 
     def remove(self) -> None:
         """Detach the parameter hooks until :meth:`attach`: backward passes cost nothing extra
-        (a DDP communication hook cannot be unregistered; it keeps doing DDP's plain all-reduce,
-        without the norm of the reduced buckets)."""
+        (a DDP communication hook cannot be unregistered; it keeps doing DDP's all-reduce,
+        without the norm of the reduced buckets, and appends two zeros to the last bucket)."""
         for h in self._handles:
             h.remove()
         # A removed hook leaves the tensor's (now empty) hook dict behind, and autograd still

@@ -14,7 +14,9 @@ Where the gradient estimates come from (``source``):
   same hook gives each rank's Σ_j |g_rj|²; a DDP communication hook (DDP's own all-reduce, plus
   the norm of each all-reduced bucket) gives |ḡ|² of the global mean. The ranks' Σ_j |g_rj|²
   and micro-batch counts ride in DDP's all-reduce of the last bucket (two more elements): no
-  collective of the monitor's own, and no gradient communicated twice.
+  collective of the monitor's own, and no gradient communicated twice. Accumulate with
+  ``model.no_sync()`` around every micro-batch but the last (forward and backward), as usual;
+  a loop that synchronizes every micro-batch gets the same numbers.
 * ``"step_stats"`` (one process, one micro-batch): no hooks; hand over the (G, N) that
   :func:`paperlib.sgd_step` measured (two half batches, or an extra batch for BatchNorm nets)
   with ``step(stats=...)``.
@@ -142,7 +144,8 @@ class NoiseMonitor:
         tensorboard: None: when installed; True: required; False: never.
         every: measure every ``every``-th optimizer step (steps 1, 1 + every, ...); between
             them the parameter hooks are detached, so an unmeasured step costs one counter
-            (under DDP the communication hook still does DDP's all-reduce, nothing more). The
+            (under DDP the communication hook still does DDP's all-reduce, with two zeros
+            appended to the last bucket, which costs two copies of that bucket). The
             window, EMA and ``measured`` count measured steps. Sources "micro_batches" and
             "ranks" only (``sgd_step``'s ``measure`` chooses the steps of "step_stats").
 
@@ -230,7 +233,8 @@ class NoiseMonitor:
 
     def remove(self) -> None:
         """Detach the parameter hook and close the log files (the DDP hook stays registered:
-        torch cannot unregister one; it keeps doing DDP's plain all-reduce)."""
+        torch cannot unregister one; it keeps doing DDP's all-reduce, with two zeros appended to
+        the last bucket so that the other ranks' all-reduces keep their size)."""
         self._removed = True
         if self._taps is not None:
             self._taps.remove()

@@ -6,8 +6,10 @@ ALPHA with standard errors over independent epochs; each has a power check: the 
 read with the wrong sampling scheme must be rejected.
 """
 
+import contextlib
 import copy
 import gc
+import itertools
 import json
 import math
 import os
@@ -537,7 +539,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
 
 def _ddp_no_sync_worker(rank: int, world: int, init_file: str, out: str) -> None:
     """k = 2 micro-batches per rank, the first inside no_sync(): 4 sources per step, against
-    one process accumulating the same 4 micro-batches; a float64 Point and a float32 MLP."""
+    one process accumulating the same 4 micro-batches; a float64 Point and a float32 MLP. Again
+    with both micro-batches synchronized (no no_sync(): DDP all-reduces the accumulated .grad
+    twice per step)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -553,14 +557,14 @@ def _ddp_no_sync_worker(rank: int, world: int, init_file: str, out: str) -> None
                 m(a[i].float()), labels[i]))}
     sampling = paperlib.Sampling.shuffled(48)
     res = {}
-    for name, (make, loss_of) in nets.items():
+    for (name, (make, loss_of)), synced in itertools.product(nets.items(), (False, True)):
         model = DDP(make())
         mon = NoiseMonitor(model, batch_size=8, sampling=sampling)
         rows = []
         for s in range(3):
             perm = torch.randperm(48, generator=torch.Generator().manual_seed(s))[:8]
             mine = perm.view(2, world, 2)[:, rank]  # micro-batch j of rank r: perm[4j + 2r:][:2]
-            with model.no_sync():
+            with contextlib.nullcontext() if synced else model.no_sync():
                 (loss_of(model, mine[0]) / 2).backward()
             (loss_of(model, mine[1]) / 2).backward()
             row = mon.step(lr=0.0)
@@ -573,7 +577,7 @@ def _ddp_no_sync_worker(rank: int, world: int, init_file: str, out: str) -> None
                         (loss_of(one, perm.view(2, world, 2)[j, r]) / 4).backward()
                 r1 = ref.step(lr=0.0)
                 rows.append([row["sources"], row["G"], r1["G"], row["N"], r1["N"]])
-        res[name] = rows
+        res[name + ("-synced" if synced else "")] = rows
         del model, mon
     _report(rank, out, res)
 
@@ -582,9 +586,11 @@ def _ddp_no_sync_worker(rank: int, world: int, init_file: str, out: str) -> None
 def test_ddp_no_sync_accumulation_equals_the_single_process_estimate(tmp_path):
     """DDP with gradient accumulation (the first micro-batch of each rank inside no_sync()):
     4 sources per step, equal to one process accumulating the same 4 micro-batches, to float64
-    rounding (Point) and to float32 rounding of the summation order (MLP)."""
+    rounding (Point) and to float32 rounding of the summation order (MLP). The same when every
+    micro-batch is synchronized (a loop without no_sync(): more communication, same numbers)."""
     res = _run_ddp(_ddp_no_sync_worker, tmp_path)
-    for name, rel in (("point", 1e-9), ("mlp", 1e-5)):
+    for name, rel in (("point", 1e-9), ("mlp", 1e-5), ("point-synced", 1e-9),
+                      ("mlp-synced", 1e-5)):
         assert len(res[name]) == 3
         for K, g_ddp, g_one, n_ddp, n_one in res[name]:
             assert K == 4
@@ -636,6 +642,21 @@ def _ddp_carry_worker(rank: int, world: int, init_file: str, out: str) -> None:
             del model, mon
             gc.collect()  # each DDP reducer goes while its process group is alive
     dist.all_reduce = all_reduce
+    # rank 1 stops monitoring (remove()) while rank 0 goes on: the all-reduces keep one size
+    model = DDP(copy.deepcopy(mlp))
+    mon = NoiseMonitor(model, batch_size=16, sampling=paperlib.Sampling.shuffled(1000))
+    measured = []
+    for s in range(3):
+        if s == 1 and rank == 1:
+            mon.remove()
+        torch.nn.functional.cross_entropy(model(x[s]), y[s]).backward()
+        if not (rank == 1 and s >= 1):
+            measured.append(mon.step(lr=0.0) is not None)
+        model.zero_grad()
+    res["one_removed"] = {"measured": measured, "skips": mon.skip_reasons}
+    mon.remove()
+    del model, mon
+    gc.collect()
     _report(rank, out, res)
 
 
@@ -644,7 +665,8 @@ def test_ddp_ranks_totals_ride_on_the_gradient_all_reduce(tmp_path):
     """The ranks' Σ_j |g_j|² and K travel in DDP's own all-reduce (no collective of the
     monitor's own per step) for float32 and float64 buckets, with the numbers of a separate
     float64 all-reduce: exact for float64, to float32 rounding for float32. A float16 bucket,
-    which could round or overflow them, takes the separate all-reduce."""
+    which could round or overflow them, takes the separate all-reduce. A rank whose monitor was
+    removed keeps its all-reduces the others' size (the others skip those steps)."""
     res = _run_ddp(_ddp_carry_worker, tmp_path)
     for dtype, calls, rel in (("torch.float64", 1, 1e-12), ("torch.float32", 1, 1e-6),
                               ("torch.float16", 2, 0.0)):
@@ -656,6 +678,10 @@ def test_ddp_ranks_totals_ride_on_the_gradient_all_reduce(tmp_path):
         for a, b in zip(carried, separate, strict=True):
             assert all(math.isfinite(v) for v in a[1:]), dtype
             assert a[1:] == pytest.approx(b[1:], rel=rel, abs=1e-30), dtype
+    # a rank that stopped monitoring does not break the others' all-reduce: rank 0 skips
+    one = res["one_removed"]
+    assert one["measured"] == [True, False, False]
+    assert one["skips"] == {"ranks ran different numbers of micro-batches": 2}
 
 
 @pytest.mark.slow
