@@ -154,26 +154,26 @@ class GradientTaps:
     def _allreduce_hook(self, _state, bucket):
         """DDP's default all-reduce (mean over ranks) that also keeps |all-reduced bucket|².
 
-        The last bucket also carries this rank's Σ_j |g_rj|² and its number of micro-batches
-        k_r: appended to the bucket, summed by the same all-reduce, so the ranks' totals cost no
-        collective of their own (on a CPU with gloo a separate 2-scalar all-reduce per step cost
-        about as much as the rest of the monitor); the price is two copies of that bucket (on
-        one CPU thread ≈ 0.1 ms per MB; DDP's buckets hold up to 25 MB). They are appended on
-        every step, zeros where this rank does not measure (``every``, :meth:`remove`,
-        ``paused``), so that the ranks' all-reduces have the same size whatever their monitors'
-        states. They travel in the bucket's dtype: exact for float64, a relative error below
-        about world·2⁻²⁴ for float32, far below the sampling error of one step's estimate;
-        half-precision buckets (which could overflow or round them) leave them to a float64
-        all-reduce in :meth:`norms`."""
+        The last bucket's all-reduce also carries this rank's Σ_j |g_rj|² and its number of
+        micro-batches k_r, appended to the bucket and summed with it, so that the ranks' totals
+        cost no collective of their own (on a CPU with gloo a separate 2-scalar all-reduce per
+        step cost about as much as the rest of the monitor); the price is two copies of that
+        bucket (on one CPU thread ≈ 0.1 ms per MB; DDP's buckets hold up to 25 MB). They travel
+        in the bucket's dtype: exact for float64, a relative error below about world·2⁻²⁴ for
+        float32, far below the sampling error of one step's estimate. A half-precision bucket,
+        which could overflow or round them, gets a float64 all-reduce of its own beside it.
+        Both are made on every step, with zeros where this rank does not measure (``every``,
+        ``remove``, ``paused``): DDP calls this hook on every rank alike, so the ranks'
+        collectives match whatever their monitors' states, and :meth:`norms` needs none."""
         import torch.distributed as dist
 
         tensor = bucket.buffer()
         tensor.div_(self.world)
         measured = self.live and not self.paused
-        index = bucket.index()
-        carry = bucket.is_last() and tensor.dtype in CARRIERS
-        payload = tensor
-        if carry:
+        index, last = bucket.index(), bucket.is_last()
+        carry = last and tensor.dtype in CARRIERS
+        payload, side = tensor, None
+        if last:
             extra = self._zero.new_zeros(2)
             if measured:
                 # every tensor of this backward has been seen by now (its hook runs before it
@@ -183,16 +183,22 @@ class GradientTaps:
                 parts = self._sum_sq_parts()
                 local = torch.stack(parts).sum() if parts else self._zero
                 extra = torch.stack([local, self._zero + max(self._counts)])
-            payload = torch.cat([tensor, extra.to(tensor.dtype)])
-        fut = dist.all_reduce(payload, async_op=True).get_future()
-
-        def done(f):
-            out = f.value()[0]
             if carry:
-                tensor.copy_(out[:-2])
-                if measured:
-                    self._totals = out[-2:].to(torch.float64)
+                payload = torch.cat([tensor, extra.to(tensor.dtype)])
+            else:
+                side = extra
+        futs = [dist.all_reduce(t, async_op=True).get_future()
+                for t in (payload, side) if t is not None]
+        fut = futs[0] if side is None else torch.futures.collect_all(futs)
+
+        def done(_f):
+            for f in futs:
+                f.wait()  # raises a failed all-reduce's error
+            if carry:
+                tensor.copy_(payload[:-2])
             if measured:
+                if last:
+                    self._totals = (payload[-2:] if carry else side).to(torch.float64)
                 # Kept per bucket, the latest: with several synchronized backward passes in one
                 # step (micro-batches not inside no_sync()), DDP all-reduces the accumulated
                 # .grad each time, so the last all-reduce holds the step's mean gradient.
@@ -215,37 +221,34 @@ class GradientTaps:
         self._fresh = True  # the next flush starts the flat sum afresh
         return sum(parts), mean_sq  # k numbers; inf stays inf (fsum would raise on overflow)
 
-    def _rank_sums(self, k_local: int) -> tuple[float, float, int, bool]:
-        """(Σ_j |g_j|² over every rank's micro-batches, |ḡ|² of the all-reduced gradient, K,
-        whether the ranks ran different numbers of micro-batches)."""
-        import torch.distributed as dist
-
-        if self._totals is not None:  # carried by the last bucket's all-reduce
-            sum_sq, k_total = self._totals.tolist()
-            self._totals = None
-        else:  # no all-reduce carried them (a half-precision bucket): two scalars of our own
-            parts = self._sum_sq_parts()
-            sum_sq = torch.stack(parts).sum() if parts else self._zero
-            t = torch.stack([sum_sq, self._zero + k_local])
-            dist.all_reduce(t)
-            sum_sq, k_total = t.tolist()
+    def _rank_sums(self, k_local: int) -> tuple[float, float, int, str | None]:
+        """(Σ_j |g_j|² over every rank's micro-batches, |ḡ|² of the all-reduced gradient, K, a
+        reason to skip the step or None), from what the step's last all-reduce carried."""
+        totals, self._totals = self._totals, None
+        bucket_sq, self._bucket_sq = self._bucket_sq, {}
+        if totals is None:  # no collective here: the other ranks would not make it
+            return 0.0, 0.0, 0, (
+                "no backward pass since the last step" if k_local == 0 else
+                "no synchronized backward pass was measured this step (DDP's all-reduce ran "
+                "while paused, or not at all: every micro-batch inside no_sync())")
+        sum_sq, k_total = totals.tolist()
         k_total = int(round(k_total))
-        mean_sq = float(torch.stack(list(self._bucket_sq.values())).sum()) if self._bucket_sq \
-            else 0.0
-        self._bucket_sq = {}
-        return sum_sq, mean_sq, k_total, k_total != k_local * self.world
+        mean_sq = float(torch.stack(list(bucket_sq.values())).sum()) if bucket_sq else 0.0
+        if k_total != k_local * self.world:
+            return 0.0, 0.0, 0, "ranks ran different numbers of micro-batches"
+        return sum_sq, mean_sq, k_total, None
 
     def norms(self, scale: float) -> tuple[float, float, int, str | None]:
         """(Σ_j |g_j|², |ḡ|², K) in gradient units, or a reason to skip the step."""
         self._flush()
         k_local = max(self._counts)  # micro-batches: every tensor a micro-batch reaches
         if self.source == "ranks":
-            sum_sq, mean_sq, k_total, unequal = self._rank_sums(k_local)
+            sum_sq, mean_sq, k_total, reason = self._rank_sums(k_local)
         else:
-            (sum_sq, mean_sq), k_total, unequal = self._local_sums(), k_local, False
+            (sum_sq, mean_sq), k_total, reason = self._local_sums(), k_local, None
         self._sq, self._norms, self._counts = [], [], [0] * len(self.params)
-        if unequal:
-            return 0.0, 0.0, 0, "ranks ran different numbers of micro-batches"
+        if reason is not None:
+            return 0.0, 0.0, 0, reason
         if k_total == 0:
             return 0.0, 0.0, 0, "no backward pass since the last step"
         # Each backward delivered s·w·g_j: s the loss scale, w = 1/k ("mean") or 1 ("sum").

@@ -55,6 +55,8 @@ __all__ = ["LOG_COLUMNS", "SOURCES", "NoiseMonitor", "estimate_from_norms"]
 
 SOURCES = ("micro_batches", "ranks", "step_stats")
 ACCUMULATION = ("mean", "sum")
+# skip reasons that are likely a mistake in the loop: warned once each
+WARNED = ("no backward", "no synchronized", "a partial accum")
 
 
 def estimate_from_norms(sum_sq: float, mean_sq: float, *, sources: int, batch_size: int,
@@ -335,8 +337,7 @@ class NoiseMonitor:
             # called with no backward since the last one, e.g. after zero_grad) or a partial
             # accumulation group (every epoch's last step loses its measurement)
             if reason not in self.skip_reasons and ("drop_last" in reason
-                                                    or reason.startswith("no backward")
-                                                    or reason.startswith("a partial accum")):
+                                                    or reason.startswith(WARNED)):
                 warn_user(f"NoiseMonitor skips steps: {reason}")
             self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
             return None

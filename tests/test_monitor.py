@@ -642,21 +642,25 @@ def _ddp_carry_worker(rank: int, world: int, init_file: str, out: str) -> None:
             del model, mon
             gc.collect()  # each DDP reducer goes while its process group is alive
     dist.all_reduce = all_reduce
-    # rank 1 stops monitoring (remove()) while rank 0 goes on: the all-reduces keep one size
-    model = DDP(copy.deepcopy(mlp))
-    mon = NoiseMonitor(model, batch_size=16, sampling=paperlib.Sampling.shuffled(1000))
-    measured = []
-    for s in range(3):
-        if s == 1 and rank == 1:
-            mon.remove()
-        torch.nn.functional.cross_entropy(model(x[s]), y[s]).backward()
-        if not (rank == 1 and s >= 1):
+    # rank 1 stops monitoring (remove()) at step 2 and pauses it at step 3, while rank 0 goes
+    # on and both call step() throughout: the collectives still match (no hang, no abort)
+    for dtype in (torch.float32, torch.float16):
+        model = DDP(copy.deepcopy(mlp).to(dtype))
+        mon = NoiseMonitor(model, batch_size=16, sampling=paperlib.Sampling.shuffled(1000))
+        measured = []
+        for s in range(3):
+            if s == 1 and rank == 1:
+                mon.remove()
+            with mon.paused() if (s == 2 and rank == 1) else contextlib.nullcontext():
+                torch.nn.functional.cross_entropy(model(x[s].to(dtype)), y[s]).backward()
             measured.append(mon.step(lr=0.0) is not None)
-        model.zero_grad()
-    res["one_removed"] = {"measured": measured, "skips": mon.skip_reasons}
-    mon.remove()
-    del model, mon
-    gc.collect()
+            model.zero_grad()
+        skips = [None] * world
+        dist.all_gather_object(skips, mon.skip_reasons)
+        res[f"one_removed-{dtype}"] = {"measured": measured, "skips": skips}
+        mon.remove()
+        del model, mon
+        gc.collect()
     _report(rank, out, res)
 
 
@@ -665,8 +669,9 @@ def test_ddp_ranks_totals_ride_on_the_gradient_all_reduce(tmp_path):
     """The ranks' Σ_j |g_j|² and K travel in DDP's own all-reduce (no collective of the
     monitor's own per step) for float32 and float64 buckets, with the numbers of a separate
     float64 all-reduce: exact for float64, to float32 rounding for float32. A float16 bucket,
-    which could round or overflow them, takes the separate all-reduce. A rank whose monitor was
-    removed keeps its all-reduces the others' size (the others skip those steps)."""
+    which could round or overflow them, gets a float64 all-reduce beside it. A rank whose monitor
+    was removed (then paused) and that keeps calling step() makes the same collectives as the
+    measuring rank (no abort, no hang), in float32 and float16; both skip those steps."""
     res = _run_ddp(_ddp_carry_worker, tmp_path)
     for dtype, calls, rel in (("torch.float64", 1, 1e-12), ("torch.float32", 1, 1e-6),
                               ("torch.float16", 2, 0.0)):
@@ -678,10 +683,12 @@ def test_ddp_ranks_totals_ride_on_the_gradient_all_reduce(tmp_path):
         for a, b in zip(carried, separate, strict=True):
             assert all(math.isfinite(v) for v in a[1:]), dtype
             assert a[1:] == pytest.approx(b[1:], rel=rel, abs=1e-30), dtype
-    # a rank that stopped monitoring does not break the others' all-reduce: rank 0 skips
-    one = res["one_removed"]
-    assert one["measured"] == [True, False, False]
-    assert one["skips"] == {"ranks ran different numbers of micro-batches": 2}
+    # a rank that stopped measuring does not break the others' collectives: both skip
+    for dtype in ("torch.float32", "torch.float16"):
+        one = res[f"one_removed-{dtype}"]
+        assert one["measured"] == [True, False, False], dtype
+        assert one["skips"][0] == {"ranks ran different numbers of micro-batches": 2}, dtype
+        assert one["skips"][1] == {"no backward pass since the last step": 2}, dtype
 
 
 @pytest.mark.slow
