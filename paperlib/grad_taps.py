@@ -198,7 +198,9 @@ class GradientTaps:
                 tensor.copy_(payload[:-2])
             if measured:
                 if last:
-                    self._totals = (payload[-2:] if carry else side).to(torch.float64)
+                    # a copy: a float64 payload's view would keep the whole bucket copy alive
+                    self._totals = (payload[-2:] if carry else side).to(torch.float64,
+                                                                        copy=True)
                 # Kept per bucket, the latest: with several synchronized backward passes in one
                 # step (micro-batches not inside no_sync()), DDP all-reduces the accumulated
                 # .grad each time, so the last all-reduce holds the step's mean gradient.
@@ -227,8 +229,7 @@ class GradientTaps:
         totals, self._totals = self._totals, None
         bucket_sq, self._bucket_sq = self._bucket_sq, {}
         if totals is None:  # no collective here: the other ranks would not make it
-            return 0.0, 0.0, 0, (
-                "no backward pass since the last step" if k_local == 0 else
+            return 0.0, 0.0, 0, None if k_local == 0 else (  # norms: "no backward pass"
                 "no synchronized backward pass was measured this step (DDP's all-reduce ran "
                 "while paused, or not at all: every micro-batch inside no_sync())")
         sum_sq, k_total = totals.tolist()
